@@ -1,0 +1,462 @@
+"""The typed model of net-conf.json and leases.json, shared by deploy and runtime.
+
+Parsing collects every problem of a file before raising, so a person fixes a
+file in one pass; each problem names the file, the field and the value.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any, Iterable, Optional
+
+from flannelette import schemas
+
+DEFAULT_PORT = 8285
+# Each host subnet needs room for the network address (flannel0), the gateway
+# (cni0) and containers, and flannel never hands out the first subnet.
+MAX_SUBNET_LEN = 30
+MAX_NETWORK_PREFIX = 28
+
+
+@dataclass(frozen=True)
+class Problem:
+    where: str
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.field}: {self.message}"
+
+
+class ConfigError(Exception):
+    """One or more problems with a file or with inventory data."""
+
+    def __init__(self, problems: Iterable[Problem]):
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+@dataclass(frozen=True)
+class NetConf:
+    network: IPv4Network
+    subnet_len: int
+    subnet_min: IPv4Address
+    subnet_max: IPv4Address
+    port: int = DEFAULT_PORT
+    enable_nftables: bool = False
+    backend_type: str = "udp"
+    source: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def subnet_size(self) -> int:
+        return 1 << (32 - self.subnet_len)
+
+    def subnet_at(self, address: IPv4Address) -> IPv4Network:
+        return IPv4Network((address, self.subnet_len))
+
+    def subnets(self) -> Iterable[IPv4Network]:
+        """Every subnet a host may hold, SubnetMin to SubnetMax, in order."""
+        for start in range(int(self.subnet_min), int(self.subnet_max) + 1, self.subnet_size):
+            yield self.subnet_at(IPv4Address(start))
+
+    def subnet_count(self) -> int:
+        return (int(self.subnet_max) - int(self.subnet_min)) // self.subnet_size + 1
+
+    def subnet_problem(self, subnet: IPv4Network) -> Optional[str]:
+        """Why `subnet` can't be a host's subnet in this network, or None."""
+        if subnet.prefixlen != self.subnet_len:
+            return f"{subnet} is a /{subnet.prefixlen}, but SubnetLen is {self.subnet_len}"
+        if not self.subnet_min <= subnet.network_address <= self.subnet_max:
+            return (
+                f"{subnet} is outside SubnetMin..SubnetMax "
+                f"({self.subnet_min}..{self.subnet_max}/{self.subnet_len})"
+            )
+        return None
+
+
+@dataclass(frozen=True)
+class Lease:
+    host: str
+    subnet: IPv4Network
+    public_ip: IPv4Address
+
+    @property
+    def gateway(self) -> IPv4Address:
+        return self.subnet.network_address + 1
+
+    def to_json(self) -> dict:
+        return {"host": self.host, "subnet": str(self.subnet), "public_ip": str(self.public_ip)}
+
+
+# -- reading files ---------------------------------------------------------------
+
+
+def read_json(path: str) -> Any:
+    """The document in `path`; a ConfigError naming the file when it can't be read."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as e:
+        raise ConfigError([Problem(path, "file", f"can't be read: {e.strerror}")]) from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(
+            [Problem(path, "file", f"not valid JSON at line {e.lineno} column {e.colno}: {e.msg}")]
+        ) from None
+
+
+def load_net_conf(path: str) -> NetConf:
+    return parse_net_conf(read_json(path), where=path)
+
+
+def load_leases(path: str, net_conf: NetConf) -> list[Lease]:
+    return parse_leases(read_json(path), net_conf, where=path)
+
+
+def render_leases(leases: Iterable[Lease]) -> str:
+    return json.dumps({"leases": [lease.to_json() for lease in leases]}, indent=2) + "\n"
+
+
+# -- net-conf.json ---------------------------------------------------------------
+
+
+def parse_net_conf(data: Any, where: str = "net-conf.json") -> NetConf:
+    """Validate a net-conf document the way flannel reads it, with flannel's defaults."""
+    if not isinstance(data, dict):
+        raise ConfigError([Problem(where, "file", f"must be a JSON object, not {_kind(data)}")])
+    data = canonical_keys(data, schemas.load("net-conf"))
+    problems = schema_problems(data, "net-conf", where)
+    bad = {p.field.split(".")[0] for p in problems}
+    checked = _NetConfChecks(data, where, bad)
+    problems += checked.problems
+    if problems:
+        raise ConfigError(problems)
+    return checked.result()
+
+
+class _NetConfChecks:
+    """The semantic rules of flannel's ParseConfig, each adding problems, not raising."""
+
+    def __init__(self, data: dict, where: str, bad_fields: set):
+        self.data, self.where, self.bad = data, where, bad_fields
+        self.problems: list[Problem] = []
+        self.network = self._network()
+        self.subnet_len = self._subnet_len()
+        self.subnet_min = self._bound("SubnetMin")
+        self.subnet_max = self._bound("SubnetMax")
+        self._order()
+        self._backend()
+        self._ipv6()
+
+    def fail(self, field_name: str, message: str) -> None:
+        self.problems.append(Problem(self.where, field_name, message))
+
+    def get(self, name: str) -> Any:
+        return None if name in self.bad else self.data.get(name)
+
+    def _network(self) -> Optional[IPv4Network]:
+        text = self.get("Network")
+        if text is None:
+            return None
+        net = parse_cidr(text, lambda m: self.fail("Network", m))
+        if net is not None and net.prefixlen > MAX_NETWORK_PREFIX:
+            self.fail(
+                "Network",
+                f"{text!r} is too small: the smallest network flannel accepts is a "
+                f"/{MAX_NETWORK_PREFIX} (four subnets of four addresses)",
+            )
+            return None
+        return net
+
+    def _subnet_len(self) -> Optional[int]:
+        value = self.get("SubnetLen") or 0  # 0 means unset, as in flannel
+        if self.network is None:
+            if value and not 1 <= value <= MAX_SUBNET_LEN:
+                self.fail("SubnetLen", f"{value} is out of range: must be at most {MAX_SUBNET_LEN}")
+            return None
+        prefix = self.network.prefixlen
+        if not value:
+            return 24 if prefix <= 22 else prefix + 2
+        low = prefix + 2
+        if not low <= value <= MAX_SUBNET_LEN:
+            self.fail(
+                "SubnetLen",
+                f"{value} is out of range: must be between {low} (Network prefix /{prefix} + 2, "
+                f"so the network holds at least four subnets) and {MAX_SUBNET_LEN}",
+            )
+            return None
+        return value
+
+    def _bound(self, name: str) -> Optional[IPv4Address]:
+        if self.subnet_len is None:
+            return None
+        size = 1 << (32 - self.subnet_len)
+        text = self.get(name)
+        if text is None:
+            net = self.network
+            start = int(net.network_address) + size if name == "SubnetMin" else int(net.broadcast_address) + 1 - size
+            return IPv4Address(start)
+        address = parse_address(text, lambda m: self.fail(name, m))
+        if address is None:
+            return None
+        if address not in self.network:
+            self.fail(name, f"{text!r} is outside Network {self.network}")
+            return None
+        if int(address) % size:
+            self.fail(
+                name,
+                f"{text!r} is not on a SubnetLen boundary: /{self.subnet_len} subnets start at "
+                f"multiples of {size} addresses (e.g. {IPv4Address(int(address) - int(address) % size)})",
+            )
+            return None
+        return address
+
+    def _order(self) -> None:
+        if self.subnet_min is not None and self.subnet_max is not None:
+            if self.subnet_min > self.subnet_max:
+                self.fail(
+                    "SubnetMin",
+                    f"{self.subnet_min} is above SubnetMax {self.subnet_max}: the range is reversed",
+                )
+
+    def _backend(self) -> None:
+        backend = self.get("Backend")
+        if backend is None:
+            return  # flannel's default backend is udp
+        kind = backend.get("Type")
+        if isinstance(kind, str) and kind.lower() != "udp":
+            self.fail(
+                "Backend.Type",
+                f"{kind!r} is not supported: flannelette provides flannel's udp backend; "
+                'use "Type": "udp"',
+            )
+        port = backend.get("Port")
+        if isinstance(port, int) and not 1 <= port <= 65535:
+            self.fail("Backend.Port", f"{port} is not a UDP port: must be between 1 and 65535")
+
+    def _ipv6(self) -> None:
+        if self.get("EnableIPv6"):
+            self.fail(
+                "EnableIPv6",
+                "true is not supported: flannel's udp backend carries IPv4 only; "
+                "set EnableIPv6 to false or leave it out",
+            )
+        if self.get("EnableIPv4") is False:
+            self.fail(
+                "EnableIPv4",
+                "false is not supported: the udp backend needs an IPv4 Network; "
+                "set EnableIPv4 to true or leave it out",
+            )
+        if self.get("Networks"):
+            self.fail(
+                "Networks",
+                f"{self.data['Networks']!r} is not supported: the udp backend serves one "
+                "network; use Network",
+            )
+
+    def result(self) -> NetConf:
+        backend = self.data.get("Backend") or {}
+        return NetConf(
+            network=self.network,
+            subnet_len=self.subnet_len,
+            subnet_min=self.subnet_min,
+            subnet_max=self.subnet_max,
+            port=backend.get("Port", DEFAULT_PORT),
+            enable_nftables=bool(self.data.get("EnableNFTables", False)),
+            source=self.data,
+        )
+
+
+# -- leases.json -----------------------------------------------------------------
+
+
+def parse_leases(data: Any, net_conf: NetConf, where: str = "leases.json") -> list[Lease]:
+    """Validate a lease table against the network it divides."""
+    if not isinstance(data, dict):
+        raise ConfigError([Problem(where, "file", f"must be a JSON object, not {_kind(data)}")])
+    problems = schema_problems(data, "leases", where)
+    if problems:
+        raise ConfigError(problems)
+    leases: list[Lease] = []
+    for i, entry in enumerate(data["leases"]):
+        lease = _lease(entry, f"leases[{i}]", where, net_conf, problems)
+        if lease is not None:
+            leases.append(lease)
+    problems += lease_conflicts(leases, where)
+    if problems:
+        raise ConfigError(problems)
+    return leases
+
+
+def _lease(entry: dict, at: str, where: str, net_conf: NetConf, problems: list) -> Optional[Lease]:
+    def fail(name: str):
+        return lambda m: problems.append(Problem(where, f"{at}.{name}", m))
+
+    before = len(problems)
+    subnet = parse_cidr(entry["subnet"], fail("subnet"))
+    public_ip = parse_address(entry["public_ip"], fail("public_ip"))
+    if subnet is not None:
+        why = net_conf.subnet_problem(subnet)
+        if why:
+            fail("subnet")(why)
+    if len(problems) > before:
+        return None
+    return Lease(entry["host"], subnet, public_ip)
+
+
+def lease_conflicts(leases: list[Lease], where: str) -> list[Problem]:
+    """Two leases sharing a host name, a subnet or a public IP."""
+    problems = []
+    for attr in ("host", "subnet", "public_ip"):
+        seen: dict = {}
+        for lease in leases:
+            value = getattr(lease, attr)
+            if value in seen:
+                problems.append(
+                    Problem(where, attr, f"{value} is held by both {seen[value]} and {lease.host}")
+                )
+            seen.setdefault(value, lease.host)
+    return problems
+
+
+# -- shared helpers --------------------------------------------------------------
+
+
+def parse_cidr(text: str, fail) -> Optional[IPv4Network]:
+    """An IPv4 network in CIDR form with no host bits set, or None after `fail(message)`."""
+    try:
+        return IPv4Network(text)
+    except ValueError as e:
+        if "has host bits set" in str(e):
+            net = IPv4Network(text, strict=False)
+            fail(f"{text!r} has host bits set: did you mean {net}?")
+        else:
+            fail(f"{text!r} is not an IPv4 network in CIDR form (like 10.244.0.0/16)")
+        return None
+
+
+def parse_address(text: str, fail) -> Optional[IPv4Address]:
+    try:
+        return IPv4Address(text)
+    except ValueError:
+        fail(f"{text!r} is not an IPv4 address")
+        return None
+
+
+def canonical_keys(data: dict, schema: dict) -> dict:
+    """Keys respelled as the schema spells them when they differ only in case.
+
+    flannel decodes net-conf.json with Go's encoding/json, which matches field
+    names case-insensitively, so "network" means Network there and here too.
+    """
+    by_lower = {name.lower(): name for name in schema}
+    out = {}
+    for key, value in data.items():
+        name = by_lower.get(key.lower(), key) if isinstance(key, str) else key
+        sub = schema.get(name, {}).get("schema")
+        if isinstance(value, dict) and isinstance(sub, dict):
+            value = canonical_keys(value, sub)
+        out[name] = value
+    return out
+
+
+def schema_problems(data: dict, schema_name: str, where: str, prefix: str = "") -> list[Problem]:
+    """Cerberus' findings for `data`, as problems that name field and value."""
+    schema = schemas.load(schema_name)
+    validator = schemas.validator(schema)
+    if validator.validate(data):
+        return []
+    return list(_flatten(validator.document_error_tree, data, schema, where, prefix))
+
+
+def _flatten(tree, data, schema, where, prefix):
+    seen = set()
+    for error in _leaf_errors(tree):
+        path = prefix + ".".join(_path_part(p) for p in error.document_path)
+        if (path, error.code) not in seen:  # cerberus reports nested errors twice
+            seen.add((path, error.code))
+            yield Problem(where, path, _describe(error, schema))
+
+
+def _leaf_errors(tree):
+    for error in tree.errors:
+        yield from _leaves(error)
+    for child in tree.descendants.values():
+        yield from _leaf_errors(child)
+
+
+def _leaves(error):
+    if error.is_group_error:
+        for child in error.child_errors:
+            yield from _leaves(child)
+    else:
+        yield error
+
+
+def _path_part(part) -> str:
+    return f"[{part}]" if isinstance(part, int) else str(part)
+
+
+def _describe(error, schema) -> str:
+    from cerberus import errors as E
+
+    name = error.document_path[-1] if error.document_path else ""
+    if error.code == E.UNKNOWN_FIELD.code:
+        known = _known_names(error, schema)
+        hint = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+        suggestion = f"; did you mean {hint[0]}?" if hint else f"; known keys: {', '.join(known)}"
+        return f"unknown key (value {error.value!r}){suggestion}"
+    if error.code == E.REQUIRED_FIELD.code:
+        return "is required but missing"
+    if error.code == E.BAD_TYPE.code:
+        wanted = error.constraint if isinstance(error.constraint, list) else [error.constraint]
+        return f"{error.value!r} is {_kind(error.value)}, but must be {' or '.join(_type_word(t) for t in wanted)}"
+    if error.code == E.EMPTY_NOT_ALLOWED.code:
+        return "must not be empty"
+    return f"{error.value!r}: {error.rule} {error.constraint!r} not met"
+
+
+def _known_names(error, schema) -> list[str]:
+    node = schema
+    for part in error.document_path[:-1]:
+        if isinstance(part, int):
+            node = node.get("schema", {})
+            continue
+        node = node.get(part, {}).get("schema", {})
+    if "schema" in node and "type" in node:
+        node = node["schema"]
+    return sorted(k for k in node if isinstance(k, str))
+
+
+_TYPE_WORDS = {
+    "string": "a string",
+    "integer": "a whole number",
+    "boolean": "true or false",
+    "dict": "an object",
+    "list": "a list",
+}
+
+
+def _type_word(name: str) -> str:
+    return _TYPE_WORDS.get(name, name)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "a number"
+    if isinstance(value, float):
+        return "a fractional number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "null"
+    return type(value).__name__
