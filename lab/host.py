@@ -58,10 +58,12 @@ def personalise(root, host, authorized_key):
 
 
 def nspawn_command(host, root):
+    # --private-network beside the namespace path is what keeps CAP_NET_ADMIN
+    # and a writable /proc/sys/net in the guest: the overlay needs both.
     return [
         "systemd-nspawn", "--boot", "--register=no", "--keep-unit",
         f"--machine={host.netns}", f"--directory={root}",
-        f"--network-namespace-path=/run/netns/{host.netns}",
+        f"--network-namespace-path=/run/netns/{host.netns}", "--private-network",
         "--bind=/dev/net/tun", "--console=read-only", "--link-journal=no",
         "--resolv-conf=off", "--timezone=off",
     ]
