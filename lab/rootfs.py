@@ -9,6 +9,7 @@ import hashlib
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
@@ -134,13 +135,18 @@ def _debootstrap(root, log_path):
         "debootstrap", "--variant=minbase", "--include=" + ",".join(PACKAGES),
         SUITE, str(root), mirror(),
     ]
-    with open(log_path, "w") as log:
-        proc = shell.run(cmd, check=False, timeout=1800)
-        log.write(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+    try:
+        with open(log_path, "w") as log:
+            rc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, timeout=1800).returncode
+    except FileNotFoundError:
+        raise LabError("debootstrap: not installed (apt-get install -y debootstrap)") from None
+    except subprocess.TimeoutExpired:
+        raise LabError(f"debootstrap: no result after 30 minutes; log: {log_path}") from None
+    if rc != 0:
+        tail = Path(log_path).read_text(errors="replace").strip().splitlines()[-5:]
         raise LabError(
-            f"debootstrap failed (exit {proc.returncode}); last lines:\n  "
+            f"debootstrap failed (exit {rc}); last lines:\n  "
             + "\n  ".join(tail) + f"\nfull log: {log_path}"
         )
 
