@@ -17,6 +17,9 @@ from .plan import DEFAULT_HOSTS, DEFAULT_NAME, DEFAULT_NETWORK, make_plan
 
 DEFAULT_STATE = "/var/lib/flannelette-lab"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# A host that failed to boot may not have its signal handlers yet: it is
+# given little time to power off before it is killed.
+FAILED_BOOT_GRACE = 3
 TOOLS = {
     "systemd-nspawn": "systemd-container", "ip": "iproute2", "mount": "mount",
     "ssh-keygen": "openssh-client", "debootstrap": "debootstrap",
@@ -57,6 +60,12 @@ class Lab:
         """[(name, address, sshd answers)] of the lab's hosts."""
         return [(name, addr, ssh.answers(addr, self.key_path))
                 for name, addr in self.hosts()]
+
+    def processes(self):
+        """[(name, pid, start time)] of the hosts' systemd-nspawn processes."""
+        state = self._load() or self._new_state()
+        return [(name, e["pid"], e["started"])
+                for name, e in state["hosts"].items() if e["pid"]]
 
     def connect(self, name):
         """A paramiko SSHClient logged in to host `name` as root; close it."""
@@ -151,18 +160,19 @@ class Lab:
         """After a failed `up`: a new lab goes entirely, an existing one loses
         only the hosts this `up` added."""
         if fresh:
-            self.down()
+            self.down(grace=FAILED_BOOT_GRACE)
             return
-        self._remove_hosts(state, booted)
+        self._remove_hosts(state, booted, grace=FAILED_BOOT_GRACE)
         self._save(state)
 
     # -- down ------------------------------------------------------------
 
-    def down(self):
-        """Remove everything `up` made; the rootfs cache stays."""
+    def down(self, grace=30):
+        """Remove everything `up` made; the rootfs cache stays. Hosts get
+        `grace` seconds to power off before they are killed."""
         state = self._load() or self._new_state()
         hosts = self._planned(state) + self._stray_hosts(state)
-        survivors = self._remove_hosts(state, hosts)
+        survivors = self._remove_hosts(state, hosts, grace)
         network.remove_bridge(self.plan)
         inventory.remove(self.inventory_path)
         rootfs.remove_tree(self.state_dir)
@@ -170,10 +180,10 @@ class Lab:
             raise LabError(f"lab {self.name!r}: processes survived SIGKILL: "
                            f"{survivors}")
 
-    def _remove_hosts(self, state, hosts):
+    def _remove_hosts(self, state, hosts, grace):
         entries = [state["hosts"].get(h.name) for h in hosts]
         survivors = hostmod.stop_all(
-            [(e["pid"], e["started"]) for e in entries if e and e["pid"]])
+            [(e["pid"], e["started"]) for e in entries if e and e["pid"]], grace)
         for host in hosts:
             hostmod.remove_layer(host, hostmod.host_dir(self.state_dir, host))
             network.remove_host_link(host)
