@@ -11,7 +11,8 @@ def host_data(address, key_path):
     """What pyinfra needs to reach a lab host, and the host's public address.
 
     Every `up` may give a host fresh SSH host keys, so known_hosts is neither
-    read nor written: a rebuilt lab never trips over a stale entry.
+    read nor written: a rebuilt lab never trips over a stale entry. Lab hosts
+    have no default route, so the overlay's interface is named.
     """
     return {
         "ssh_hostname": address,
@@ -20,6 +21,7 @@ def host_data(address, key_path):
         "ssh_known_hosts_file": "/dev/null",
         "ssh_strict_host_key_checking": "no",
         "flannel_public_ip": address,
+        "flannel_iface": "eth0",
     }
 
 
