@@ -35,6 +35,8 @@ MASKED_UNITS = (
     "systemd-timesyncd.service", "e2scrub_all.timer", "fstrim.timer",
 )
 SSHD_CONFIG = "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUseDNS no\n"
+# debootstrap copies the build machine's resolver in; the lab has no DNS.
+RESOLV_CONF = "# The lab has no DNS: its hosts reach each other by address.\n"
 MIN_FREE_BYTES = 1 << 30
 
 
@@ -44,7 +46,7 @@ def cache_dir():
 
 def recipe_id():
     """Short hash of what goes into the rootfs: a changed recipe means a new build."""
-    recipe = "\n".join([SUITE, *PACKAGES, *MASKED_UNITS, SSHD_CONFIG])
+    recipe = "\n".join([SUITE, *PACKAGES, *MASKED_UNITS, SSHD_CONFIG, RESOLV_CONF])
     return hashlib.sha256(recipe.encode()).hexdigest()[:12]
 
 
@@ -97,6 +99,7 @@ def ensure(log=print):
         started = time.monotonic()
         _build(cache, target)
         log(f"root filesystem ready in {time.monotonic() - started:.0f}s")
+        _prune(cache, keep=target)
         return target
 
 
@@ -105,6 +108,15 @@ def _locked(path):
     with open(path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def _prune(cache, keep):
+    """Remove root filesystems of older recipes that no running host uses."""
+    with open("/proc/self/mounts") as f:
+        mounts = f.read()
+    for old in cache.glob(f"{SUITE}-*"):
+        if old != keep and f"lowerdir={old}," not in mounts:
+            remove_tree(old)
 
 
 def _check_free_space(cache):
@@ -164,6 +176,8 @@ def configure(root):
     (root / "etc/ssh/sshd_config.d").mkdir(exist_ok=True)
     (root / "etc/ssh/sshd_config.d/lab.conf").write_text(SSHD_CONFIG)
     (root / "etc/machine-id").write_text("")
+    (root / "etc/resolv.conf").unlink(missing_ok=True)
+    (root / "etc/resolv.conf").write_text(RESOLV_CONF)
     (root / "etc/hostname").unlink(missing_ok=True)
     for deb in (root / "var/cache/apt/archives").glob("*.deb"):
         deb.unlink()

@@ -30,7 +30,8 @@ def test_nspawn_boots_in_the_hosts_namespace_with_tun():
 
 def test_configure_strips_what_belongs_to_one_host(tmp_path):
     for rel in ("etc/ssh/ssh_host_ed25519_key", "etc/ssh/ssh_host_rsa_key.pub",
-                "etc/hostname", "etc/machine-id", "var/cache/apt/archives/a.deb"):
+                "etc/hostname", "etc/machine-id", "etc/resolv.conf",
+                "var/cache/apt/archives/a.deb"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("x")
     (tmp_path / "etc/systemd/system").mkdir(parents=True)
@@ -38,6 +39,7 @@ def test_configure_strips_what_belongs_to_one_host(tmp_path):
     assert list((tmp_path / "etc/ssh").glob("ssh_host_*")) == []
     assert not (tmp_path / "etc/hostname").exists()
     assert (tmp_path / "etc/machine-id").read_text() == ""
+    assert "nameserver" not in (tmp_path / "etc/resolv.conf").read_text()
     assert not (tmp_path / "var/cache/apt/archives/a.deb").exists()
     assert os.readlink(tmp_path / "etc/systemd/system/apt-daily.timer") == "/dev/null"
     assert "PasswordAuthentication no" in (
