@@ -98,6 +98,7 @@ class Lab:
         _preflight(need_debootstrap=not rootfs.rootfs_path().is_dir())
         lower = rootfs.ensure(log=self.log)
         state = self._load()
+        network.check_network_free(self.plan)
         fresh = state is None
         state = state or self._new_state()
         booted = []

@@ -6,7 +6,10 @@ lab sets eth0 up before the host boots and nothing in the guest manages it,
 so the address survives the guest's boot.
 """
 
+import ipaddress
+
 from . import shell
+from .errors import LabError
 
 
 def link_exists(name, netns=None):
@@ -17,6 +20,29 @@ def link_exists(name, netns=None):
 def netns_list():
     out = shell.run(["ip", "netns", "list"]).stdout
     return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def addresses_in(network, ip_addr_output):
+    """[(interface, cidr)] of IPv4 addresses in `network`, from `ip -4 -o addr`."""
+    found = []
+    for line in ip_addr_output.splitlines():
+        fields = line.split()
+        if len(fields) > 3 and fields[2] == "inet":
+            iface = ipaddress.IPv4Interface(fields[3])
+            if iface.network.overlaps(network):
+                found.append((fields[1], fields[3]))
+    return found
+
+
+def check_network_free(plan):
+    """Refuse a network another interface (another lab?) already uses: the
+    lab machine would route to whichever came first."""
+    out = shell.run(["ip", "-4", "-o", "addr", "show"]).stdout
+    others = [f"{cidr} on {iface}" for iface, cidr in addresses_in(plan.network, out)
+              if iface != plan.bridge]
+    if others:
+        raise LabError(f"network {plan.network} is already in use here "
+                       f"({', '.join(others)}); give this lab another --network")
 
 
 def ensure_bridge(plan):

@@ -83,18 +83,18 @@ def check_host(lab, name, address, hosts):
 
 
 def test_up_again_changes_nothing_and_more_hosts_are_added():
-    lab = quiet_lab("labgrow", "192.168.59.0/24")
+    lab = quiet_lab("labgrow", "192.168.62.0/24")
     pids = []
     try:
         lab.up(hosts=2)
         before = lab.processes()
         pids = [(pid, started) for _, pid, started in before]
-        assert lab.up(hosts=2) == [("node1", "192.168.59.11"), ("node2", "192.168.59.12")]
+        assert lab.up(hosts=2) == [("node1", "192.168.62.11"), ("node2", "192.168.62.12")]
         assert lab.processes() == before
         lab.up(hosts=3)
         pids = [(pid, started) for _, pid, started in lab.processes()]
         assert [p for p in lab.processes() if p[0] != "node3"] == before
-        assert lab.run("node3", ["ping", "-c1", "-W2", "192.168.59.11"]).returncode == 0
+        assert lab.run("node3", ["ping", "-c1", "-W2", "192.168.62.11"]).returncode == 0
         assert [ok for _, _, ok in lab.status()] == [True, True, True]
     finally:
         lab.down()
@@ -102,7 +102,7 @@ def test_up_again_changes_nothing_and_more_hosts_are_added():
 
 
 def test_a_host_that_does_not_boot_in_time_leaves_nothing_behind():
-    lab = Lab(name="labfail", network="192.168.60.0/24", boot_timeout=0,
+    lab = Lab(name="labfail", network="192.168.63.0/24", boot_timeout=0,
               log=lambda _: None)
     with pytest.raises(LabError, match="node1: sshd did not answer"):
         lab.up(hosts=1)
@@ -112,8 +112,15 @@ def test_a_host_that_does_not_boot_in_time_leaves_nothing_behind():
 def test_a_failed_debootstrap_leaves_no_rootfs(tmp_path, monkeypatch):
     monkeypatch.setenv("FLANNELETTE_LAB_CACHE", str(tmp_path))
     monkeypatch.setenv("FLANNELETTE_LAB_MIRROR", "http://127.0.0.1:9/debian")
-    lab = quiet_lab("labdeb", "192.168.61.0/24")
+    lab = quiet_lab("labdeb", "192.168.64.0/24")
     with pytest.raises(LabError, match="debootstrap failed"):
         lab.up(hosts=1)
     assert sorted(os.listdir(tmp_path)) == [".lock", "debootstrap.log"]
     assert leftovers(lab, []) == {}
+
+
+def test_the_shared_lab_fixture_is_three_booted_hosts(lab):
+    assert [name for name, _ in lab.hosts()] == ["node1", "node2", "node3"]
+    assert lab.run("node3", "systemctl is-system-running --wait").stdout.strip() in (
+        "running", "degraded")
+    assert lab.inventory_path.parent == lab.state_dir

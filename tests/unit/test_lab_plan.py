@@ -3,6 +3,7 @@
 import pytest
 
 from lab import LabError
+from lab import network
 from lab.plan import make_plan
 
 
@@ -46,3 +47,18 @@ def test_every_error_at_once():
 def test_not_a_network():
     with pytest.raises(LabError, match="network '192.168.56.1/24': not an IPv4 network"):
         make_plan(network="192.168.56.1/24")
+
+
+IP_ADDR = """\
+1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever
+5: deploy-br    inet 192.168.59.1/24 brd 192.168.59.255 scope global deploy-br\\       valid_lft forever
+7: eth0    inet 10.0.2.15/24 brd 10.0.2.255 scope global eth0\\       valid_lft forever
+"""
+
+
+def test_addresses_of_other_labs_in_the_network_are_found():
+    assert network.addresses_in(make_plan(network="192.168.59.0/24").network, IP_ADDR) == [
+        ("deploy-br", "192.168.59.1/24")]
+    assert network.addresses_in(make_plan().network, IP_ADDR) == []
+    assert network.addresses_in(make_plan(network="10.0.0.0/16").network, IP_ADDR) == [
+        ("eth0", "10.0.2.15/24")]
