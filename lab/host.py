@@ -159,6 +159,13 @@ def process_tree(pid):
     return tree
 
 
+def _signal(pid, signum):
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:  # it ended between the check and the signal
+        pass
+
+
 def stop_all(running, timeout=30):
     """Stop every (pid, start time) in `running` together; return the PIDs
     that survived."""
@@ -166,14 +173,14 @@ def stop_all(running, timeout=30):
     for pid, started in running:
         if is_running(pid, started):
             trees.append(process_tree(pid))
-            os.kill(pid, signal.SIGTERM)
+            _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and any(is_running(*t[0]) for t in trees):
         time.sleep(0.2)
     procs = [p for tree in trees for p in tree]
     for pid, started in procs:
         if is_running(pid, started):
-            os.kill(pid, signal.SIGKILL)
+            _signal(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and any(is_running(*p) for p in procs):
         time.sleep(0.1)
