@@ -76,7 +76,7 @@ def main(argv=None):
         lab = Lab(name=args.name, network=args.network,
                   inventory_path=getattr(args, "inventory", None))
         return COMMANDS[args.command](lab, args)
-    except LabError as err:
+    except (LabError, OSError) as err:  # OSError: a full disk, a vanished file
         print(f"lab: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
