@@ -107,9 +107,11 @@ class Lab:
         except BaseException as err:
             kept = self._keep_logs(booted)
             self._undo(fresh, booted, state)
+            if isinstance(err, OSError):  # e.g. the state directory's disk is full
+                err = LabError(f"{err.strerror} ({err.filename or self.state_dir})")
             if isinstance(err, LabError) and kept:
-                raise LabError(f"{err}\nconsole logs kept in {kept}") from None
-            raise
+                err = LabError(f"{err}\nconsole logs kept in {kept}")
+            raise err from None
         return self.hosts()
 
     def _up(self, state, wanted, lower, booted):
