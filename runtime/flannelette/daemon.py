@@ -28,6 +28,10 @@ EXIT_OK, EXIT_FAILED = 0, 1
 TUN_NAME = "flannel0"
 BRIDGE_NAME = "cni0"
 SOCKET_BUFFER = 4 << 20  # room for bursts at line rate while a loop waits for the GIL
+# The kernel queues packets for the runtime on flannel0 here; a queue deeper than
+# the default 500 absorbs bursts instead of dropping them into TCP retransmits.
+TUN_QUEUE = 5000
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # Linux: as root, past net.core.*mem_max
 JOURNAL_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
@@ -147,8 +151,11 @@ class Runtime:
     def _socket(self) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.undo.append(("UDP socket", sock.close))
-        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        for forced, option in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, forced, SOCKET_BUFFER)
+            except OSError:  # without CAP_NET_ADMIN: as much as net.core.*mem_max allows
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
         try:
             sock.bind((str(self.public_ip), self.net_conf.port))
         except OSError as e:
@@ -173,7 +180,7 @@ class Runtime:
         self.undo.append((TUN_NAME, lambda: self._close_tun()))
         index = netlink.link_index(ipr, TUN_NAME)
         netlink.tune_tun_sysctls(TUN_NAME)
-        netlink.ensure_up(ipr, index, self.mtu)
+        netlink.ensure_up(ipr, index, self.mtu, TUN_QUEUE)
         netlink.ensure_addresses(ipr, index, [IPv4Interface((self.own.subnet.network_address, 32))])
         netlink.ensure_route(ipr, self.net_conf.network, index)
 

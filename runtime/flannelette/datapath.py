@@ -22,11 +22,18 @@ from flannelette.packet import LeaseTable
 log = logging.getLogger(__name__)
 
 BUFFER_SIZE = 65536  # larger than any datagram, so an oversized one is seen whole and counted
-DESTINATION = struct.Struct("!I")  # at offset 16
+CHECKSUM = struct.Struct("!H")  # at offset 10
+MSG_DONTWAIT = socket.MSG_DONTWAIT
 NOT_IPV4 = "not_ipv4"
 DROP_REASONS = packet.DROP_REASONS + (NOT_IPV4,)
 # Per-packet warnings: at most this many per reason per interval, then a summary.
 WARN_BURST, WARN_INTERVAL = 5, 60.0
+
+
+def _patch_checksum(buf) -> None:
+    """packet.decrement_ttl's checksum update, for a TTL the caller has already decremented."""
+    total = (~CHECKSUM.unpack_from(buf, 10)[0] & 0xFFFF) + 0xFEFF
+    CHECKSUM.pack_into(buf, 10, ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF)
 
 
 class RateLimitedLog:
@@ -119,28 +126,33 @@ class DataPath:
         self.warnings.warn(reason, message, *args)
 
     def _tun_to_udp(self) -> None:
+        # The hot loop: names bound to locals, one preallocated buffer, and
+        # FileIO.readinto, which returns None on an empty non-blocking fd
+        # instead of raising.
         buf = bytearray(BUFFER_SIZE)
-        view, bufs = memoryview(buf), [buf]
-        fd, readv, sendto = self.tun_fd, os.readv, self.sock.sendto
-        destination, decrement_ttl = DESTINATION.unpack_from, packet.decrement_ttl
-        poller = self._poller(fd)
+        view = memoryview(buf)
+        readinto = open(self.tun_fd, "rb", buffering=0, closefd=False).readinto
+        sendto, addresses = self.sock.sendto, packet.ADDRESSES.unpack_from
+        wait = self._poller(self.tun_fd).poll
         while not self._stopping:
-            try:
-                n = readv(fd, bufs)
-            except BlockingIOError:
-                poller.poll()
+            n = readinto(buf)
+            if n is None:
+                wait()
                 continue
-            if n < packet.IPV4_HEADER_LEN or buf[0] >> 4 != 4:
+            if n < 20 or buf[0] >> 4 != 4:
                 self._drop(NOT_IPV4, "%d bytes from the TUN device are not an IPv4 packet", n)
                 continue
             table = self.table
-            peer = table.by_subnet.get(destination(buf, 16)[0] >> table.shift)
+            peer = table.by_subnet.get(addresses(buf, 12)[1] >> table.shift)
             if peer is None:
                 self._unreachable(view[:n])
                 continue
-            if not decrement_ttl(buf):
+            ttl = buf[8]
+            if ttl <= 1:
                 self._drop(packet.TTL_EXPIRED, "TTL expired for %s", peer.host)
                 continue
+            buf[8] = ttl - 1
+            _patch_checksum(buf)
             try:
                 sendto(view[:n], peer.address)
             except OSError as e:
@@ -160,31 +172,47 @@ class DataPath:
         buf = bytearray(BUFFER_SIZE)
         view = memoryview(buf)
         recvfrom_into, mtu = self.sock.recvfrom_into, self.mtu
-        header_problem, decrement_ttl = packet.header_problem, packet.decrement_ttl
-        poller = self._poller(self.sock.fileno())
+        addresses, total_length = packet.ADDRESSES.unpack_from, packet.TOTAL_LENGTH.unpack_from
+        write = open(self.tun_fd, "wb", buffering=0, closefd=False).write
+        wait = self._poller(self.sock.fileno()).poll
         while not self._stopping:
             try:
-                n, sender = recvfrom_into(buf, BUFFER_SIZE, socket.MSG_DONTWAIT)
+                n, sender = recvfrom_into(buf, BUFFER_SIZE, MSG_DONTWAIT)
             except BlockingIOError:
-                poller.poll()
+                wait()
                 continue
             except OSError as e:  # e.g. a queued ICMP error for an earlier send
                 log.debug("UDP receive: %s", e)
                 continue
             table = self.table
             peer = table.by_public_ip.get(sender[0])
-            problem = packet.UNKNOWN_PEER if peer is None else header_problem(buf, n, mtu)
-            if problem is None:
-                problem = table.sender_problem(sender[0], buf)
-            if problem is None and not decrement_ttl(buf):
-                problem = packet.TTL_EXPIRED
-            if problem is not None:
-                self._drop(problem, "%d bytes from %s:%d", n, sender[0], sender[1])
+            if peer is None:
+                self._drop(packet.UNKNOWN_PEER, "%d bytes from %s:%d", n, sender[0], sender[1])
                 continue
-            if self._write_tun(view[:n]):
-                counts = peer.counts
-                counts[2] += 1
-                counts[3] += n
+            # Inline fast check of a well-formed packet; the full verdict, with its
+            # reason, only for the rest.
+            if not (20 <= n <= mtu and buf[0] == 0x45 and total_length(buf, 2)[0] == n):
+                self._refuse(table, buf, n, sender)
+                continue
+            source, destination = addresses(buf, 12)
+            ttl = buf[8]
+            if source >> table.shift != peer.key or destination >> table.shift != table.own_key or ttl <= 1:
+                self._refuse(table, buf, n, sender)
+                continue
+            buf[8] = ttl - 1
+            _patch_checksum(buf)
+            try:
+                write(view[:n])
+            except OSError as e:
+                self._drop(packet.TUN_WRITE_FAILED, "writing %d bytes: %s", n, e.strerror)
+                continue
+            counts = peer.counts
+            counts[2] += 1
+            counts[3] += n
+
+    def _refuse(self, table, buf, n: int, sender) -> None:
+        problem = packet.header_problem(buf, n, self.mtu) or table.sender_problem(sender[0], buf) or packet.TTL_EXPIRED
+        self._drop(problem, "%d bytes from %s:%d", n, sender[0], sender[1])
 
     def _write_tun(self, data) -> bool:
         for _ in range(3):  # a non-blocking TUN write can fail transiently under memory pressure

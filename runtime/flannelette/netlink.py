@@ -53,10 +53,12 @@ def default_route_interface(ipr) -> Optional[str]:
     return None
 
 
-def ensure_up(ipr, index: int, mtu: int) -> None:
+def ensure_up(ipr, index: int, mtu: int, txqlen: Optional[int] = None) -> None:
     link = ipr.get_links(index)[0]
     if link.get_attr("IFLA_MTU") != mtu:
         ipr.link("set", index=index, mtu=mtu)
+    if txqlen is not None and link.get_attr("IFLA_TXQLEN") != txqlen:
+        ipr.link("set", index=index, txqlen=txqlen)
     if not link["flags"] & 1:  # IFF_UP
         ipr.link("set", index=index, state="up")
 
