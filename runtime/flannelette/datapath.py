@@ -18,6 +18,7 @@ from ipaddress import IPv4Address
 from typing import Dict, List
 
 from flannelette import packet
+from flannelette.coalesce import HEADERS, PLAIN, VNET_HDR_LEN, Coalescer
 from flannelette.packet import LeaseTable
 
 log = logging.getLogger(__name__)
@@ -147,21 +148,23 @@ class DataPath:
         self.warnings.warn(reason, message, *args)
 
     def _tun_to_udp(self) -> None:
-        # The hot loop. Packets are read straight into a batch buffer; a run of
+        # The hot loop. Packets are read straight into a batch buffer (their
+        # virtio-net header, all zero here, aside); a run of
         # equal-sized packets to one peer leaves in a single sendmsg with
         # UDP_SEGMENT, which the kernel splits into one datagram per packet, so
         # the wire carries exactly what flannel sends. The batch goes out as
         # soon as the TUN queue is empty, so nothing waits for company.
         buf = bytearray(BATCH_BYTES + BUFFER_SIZE)
         view = memoryview(buf)
-        readinto = open(self.tun_fd, "rb", buffering=0, closefd=False).readinto
+        readv, fd, header = os.readv, self.tun_fd, bytearray(VNET_HDR_LEN)
         addresses = packet.ADDRESSES.unpack_from
         wait = self._poller(self.tun_fd).poll
         flush = self._flush
         end, count, size, peer = 0, 0, 0, None  # the batch: buf[:end], count packets of size bytes
         while not self._stopping:
-            n = readinto(view[end:])
-            if n is None:
+            try:
+                n = readv(fd, [header, view[end:]]) - VNET_HDR_LEN
+            except BlockingIOError:
                 if count:
                     flush(view, end, count, size, peer)
                     end = count = 0
@@ -222,18 +225,18 @@ class DataPath:
     def _unreachable(self, offender) -> None:
         self._drop(packet.NO_LEASE, "no lease holds %s", socket.inet_ntoa(offender[16:20]))
         reply = packet.net_unreachable(offender, self.tun_address)
-        if reply is not None and self._write_tun(reply):
+        if reply is not None and self._write_tun(PLAIN + reply):
             self.icmp_sent += 1
 
     def _udp_to_tun(self) -> None:
         # With UDP_GRO the kernel may hand over several datagrams of one sender
         # in one read, all of the size it reports, the last maybe shorter;
-        # each is checked and written into the TUN device on its own.
+        # each is checked on its own, then consecutive TCP segments are written
+        # into the TUN device as one (see flannelette.coalesce).
         buf = bytearray(BUFFER_SIZE)
         view = memoryview(buf)
-        recvmsg_into, bufs, mtu = self.sock.recvmsg_into, [buf], self.mtu
-        addresses, total_length = packet.ADDRESSES.unpack_from, packet.TOTAL_LENGTH.unpack_from
-        write = open(self.tun_fd, "wb", buffering=0, closefd=False).write
+        recvmsg_into, bufs = self.sock.recvmsg_into, [buf]
+        coalescer = Coalescer(self._write_tun)
         wait = self._poller(self.sock.fileno()).poll
         while not self._stopping:
             try:
@@ -244,53 +247,57 @@ class DataPath:
             except OSError as e:  # e.g. a queued ICMP error for an earlier send
                 log.debug("UDP receive: %s", e)
                 continue
-            table = self.table
-            peer = table.by_public_ip.get(sender[0])
+            peer = self.table.by_public_ip.get(sender[0])
             if peer is None:
                 self._drop(packet.UNKNOWN_PEER, "%d bytes from %s:%d", got, sender[0], sender[1])
                 continue
-            step = _segment_size(ancillary) or got
-            written = carried = start = 0
-            while start < got:
-                n = min(step, got - start)
-                # Inline check of a well-formed packet; the verdict with its
-                # reason is worked out only for the rest.
-                if not (20 <= n <= mtu and buf[start] == 0x45 and total_length(buf, start + 2)[0] == n):
-                    self._refuse(table, view[start:start + n], n, sender)
-                    start += n
-                    continue
-                source, destination = addresses(buf, start + 12)
-                ttl = buf[start + 8]
-                if source >> table.shift != peer.key or destination >> table.shift != table.own_key or ttl <= 1:
-                    self._refuse(table, view[start:start + n], n, sender)
-                    start += n
-                    continue
-                buf[start + 8] = ttl - 1
-                _patch_checksum(buf, start)
-                try:
-                    write(view[start:start + n])
-                    written += 1
-                    carried += n
-                except OSError as e:
-                    self._drop(packet.TUN_WRITE_FAILED, "writing %d bytes: %s", n, e.strerror)
-                start += n
-            counts = peer.counts
-            counts[2] += written
-            counts[3] += carried
+            self._deliver(view, got, _segment_size(ancillary) or got, peer, sender, coalescer)
 
-    def _refuse(self, table, buf, n: int, sender) -> None:
-        problem = packet.header_problem(buf, n, self.mtu) or table.sender_problem(sender[0], buf) or packet.TTL_EXPIRED
+    def _deliver(self, view, got: int, step: int, peer, sender, coalescer) -> None:
+        """Check each datagram of a read and pass the good ones to the TUN device."""
+        table, mtu, headers, add = self.table, self.mtu, HEADERS.unpack_from, coalescer.add
+        shift, source_key, own_key = table.shift, peer.key, table.own_key
+        delivered = carried = start = 0
+        while start < got:
+            n = min(step, got - start)
+            # The common case checked inline; the verdict with its reason is
+            # worked out only for the rest.
+            fields = headers(view, start) if n >= HEADERS.size else None
+            if fields is None or not (fields[0] == 0x45 and fields[2] == n <= mtu and fields[5] > 1
+                                      and fields[8] >> shift == source_key and fields[9] >> shift == own_key):
+                if not self._acceptable(table, view[start:start + n], n, sender):
+                    start += n
+                    continue
+                fields = None  # e.g. IP options: passed on as it came, never joined
+            add(view, start, n, fields)
+            delivered += 1
+            carried += n
+            start += n
+        coalescer.flush()
+        counts = peer.counts
+        counts[2] += delivered
+        counts[3] += carried
+
+    def _acceptable(self, table, data, n: int, sender) -> bool:
+        """The full check, for a packet the inline one did not pass; drops and counts it when bad."""
+        problem = packet.header_problem(data, n, self.mtu) or table.sender_problem(sender[0], data)
+        if problem is None and data[8] <= 1:
+            problem = packet.TTL_EXPIRED
+        if problem is None:
+            return True
         self._drop(problem, "%d bytes from %s:%d", n, sender[0], sender[1])
+        return False
 
-    def _write_tun(self, data) -> bool:
+    def _write_tun(self, frame) -> bool:
+        """Write one frame (virtio-net header + packet) into the TUN device."""
         for _ in range(3):  # a non-blocking TUN write can fail transiently under memory pressure
             try:
-                os.write(self.tun_fd, data)
+                os.write(self.tun_fd, frame)
                 return True
             except BlockingIOError:
                 continue
             except OSError as e:
-                self._drop(packet.TUN_WRITE_FAILED, "writing %d bytes: %s", len(data), e.strerror)
+                self._drop(packet.TUN_WRITE_FAILED, "writing %d bytes: %s", len(frame), e.strerror)
                 return False
-        self._drop(packet.TUN_WRITE_FAILED, "writing %d bytes: device busy", len(data))
+        self._drop(packet.TUN_WRITE_FAILED, "writing %d bytes: device busy", len(frame))
         return False

@@ -11,6 +11,7 @@ TUN_PATH = "/dev/net/tun"
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000  # bare IP packets, no 4-byte packet-info prefix: flannel's framing
+IFF_VNET_HDR = 0x4000  # a virtio-net header before each packet, to write coalesced TCP
 IFNAMSIZ = 16
 
 
@@ -18,8 +19,11 @@ class TunError(Exception):
     pass
 
 
-def open_tun(name: str) -> int:
+def open_tun(name: str, vnet_hdr: bool = True) -> int:
     """A non-blocking fd attached to TUN device `name`, creating the device if missing.
+
+    With `vnet_hdr`, every read and write on the fd starts with a struct
+    virtio_net_hdr (all zero for a plain packet): see flannelette.coalesce.
 
     The device is not persistent: it disappears with the last fd, so a runtime
     killed with SIGKILL leaves no flannel0 routing packets into nothing.
@@ -31,7 +35,7 @@ def open_tun(name: str) -> int:
     except OSError as e:
         raise TunError(f"can't open {TUN_PATH}: {e.strerror} (is the tun module loaded?)") from None
     try:
-        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)))
     except OSError as e:
         os.close(fd)
         raise TunError(_setiff_message(name, e)) from None

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from flannelette import packet
+from flannelette.coalesce import VNET_HDR_LEN
 from flannelette.config import Lease
 from flannelette.datapath import DataPath, RateLimitedLog
 from packets import ipv4
@@ -39,6 +40,15 @@ class Rig:
         self.port = port
         self.path.start()
 
+    def tun_send(self, data):
+        """What the kernel would put on the TUN fd: a plain virtio-net header, then the packet."""
+        self.tun.send(bytes(VNET_HDR_LEN) + bytes(data))
+
+    def tun_recv(self):
+        frame = self.tun.recv(70000)
+        assert frame[:VNET_HDR_LEN] == bytes(VNET_HDR_LEN)
+        return frame[VNET_HDR_LEN:]
+
     def close(self):
         self.path.stop()
         for s in (self.tun, self._keep, self.sock, self.peer, self.stranger):
@@ -66,7 +76,7 @@ def rig():
 
 def test_tun_packet_goes_to_its_subnets_holder_with_ttl_decremented(rig):
     out = ipv4("10.244.1.5", "10.244.2.7")
-    rig.tun.send(out)
+    rig.tun_send(out)
     data, sender = rig.peer.recvfrom(2048)
     assert sender == ("127.0.0.1", rig.port)
     expected = bytearray(out)
@@ -77,8 +87,8 @@ def test_tun_packet_goes_to_its_subnets_holder_with_ttl_decremented(rig):
 
 def test_packet_for_no_lease_gets_net_unreachable_back(rig):
     offender = ipv4("10.244.1.5", "10.244.9.7")
-    rig.tun.send(offender)
-    assert rig.tun.recv(2048) == packet.net_unreachable(offender, IPv4Address("10.244.1.0"))
+    rig.tun_send(offender)
+    assert rig.tun_recv() == packet.net_unreachable(offender, IPv4Address("10.244.1.0"))
     assert rig.path.drops[packet.NO_LEASE] == 1
     assert eventually(lambda: rig.path.icmp_sent == 1)
 
@@ -86,7 +96,7 @@ def test_packet_for_no_lease_gets_net_unreachable_back(rig):
 def test_datagram_from_peer_enters_tun(rig):
     inbound = ipv4("10.244.2.7", "10.244.1.5")
     rig.peer.sendto(inbound, ("127.0.0.1", rig.port))
-    data = rig.tun.recv(2048)
+    data = rig.tun_recv()
     assert data[8] == 63 and data[12:] == inbound[12:]
     assert eventually(lambda: rig.path.totals()[2:] == [1, len(inbound)])
 
@@ -105,7 +115,7 @@ def test_bad_datagrams_are_dropped_and_counted(rig, sender, payload, reason):
     assert rig.wait_drops(reason, 1) == 1
     rig.tun.settimeout(0.2)
     with pytest.raises(socket.timeout):
-        rig.tun.recv(2048)
+        rig.tun_recv()
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -116,13 +126,13 @@ def test_no_datagram_stops_the_loop(rig, datagrams):
     good = ipv4("10.244.2.7", "10.244.1.5")
     rig.peer.sendto(good, ("127.0.0.1", rig.port))
     while True:  # the good one arrives after any random ones that happened to be valid
-        if rig.tun.recv(2048)[12:] == good[12:]:
+        if rig.tun_recv()[12:] == good[12:]:
             break
     assert rig.path.alive()
 
 
 def test_update_table_adds_and_removes_peers_and_keeps_counts(rig):
-    rig.tun.send(ipv4("10.244.1.5", "10.244.2.7"))
+    rig.tun_send(ipv4("10.244.1.5", "10.244.2.7"))
     rig.peer.recv(2048)
     assert eventually(lambda: rig.path.totals()[0] == 1)
     rig.path.update_table(packet.LeaseTable(OWN, [OWN, PEER, OTHER], 24, rig.port, previous=rig.path.table))
