@@ -2,11 +2,8 @@
 
 import json
 import signal
-import socket
 
 import pytest
-
-from conftest import sh
 
 pytestmark = pytest.mark.netns
 
