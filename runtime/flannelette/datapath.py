@@ -75,7 +75,8 @@ class RateLimitedLog:
 
 
 class DataPath:
-    """Two loops, one per direction, each in its own thread; blocking syscalls release the GIL."""
+    """Two loops, one per direction, each in its own thread; every syscall releases the GIL,
+    so one loop's I/O overlaps the other's work. An empty queue parks a loop in poll()."""
 
     def __init__(self, tun_fd: int, sock: socket.socket, table: LeaseTable, mtu: int, tun_address: IPv4Address, clock):
         self.tun_fd, self.sock, self.table, self.mtu = tun_fd, sock, table, mtu
@@ -149,11 +150,11 @@ class DataPath:
 
     def _tun_to_udp(self) -> None:
         # The hot loop. Packets are read straight into a batch buffer (their
-        # virtio-net header, all zero here, aside); a run of
-        # equal-sized packets to one peer leaves in a single sendmsg with
-        # UDP_SEGMENT, which the kernel splits into one datagram per packet, so
-        # the wire carries exactly what flannel sends. The batch goes out as
-        # soon as the TUN queue is empty, so nothing waits for company.
+        # virtio-net header, all zero here, aside); a run of equal-sized
+        # packets to one peer leaves in a single sendmsg with UDP_SEGMENT,
+        # which the kernel splits into one datagram per packet, so the wire
+        # carries exactly what flannel sends. The batch goes out as soon as
+        # the TUN queue is empty, so no packet waits for company.
         buf = bytearray(BATCH_BYTES + BUFFER_SIZE)
         view = memoryview(buf)
         readv, fd, header = os.readv, self.tun_fd, bytearray(VNET_HDR_LEN)
