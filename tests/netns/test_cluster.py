@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import flannelette_command, sh
+from netns_hosts import flannelette_command, sh
 from flannelette import subnetenv
 
 pytestmark = pytest.mark.netns

@@ -8,7 +8,7 @@ from ipaddress import IPv4Address
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import OUTSIDER_IP, eventually, in_namespace
+from netns_hosts import OUTSIDER_IP, eventually, in_namespace
 from flannelette import packet
 
 pytestmark = pytest.mark.netns

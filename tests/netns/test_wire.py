@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from conftest import in_namespace
+from netns_hosts import in_namespace
 
 pytestmark = pytest.mark.netns
 PORT = 8285

@@ -11,7 +11,7 @@ from flannelette import packet
 from flannelette.coalesce import VNET_HDR_LEN
 from flannelette.config import Lease
 from flannelette.datapath import DataPath, RateLimitedLog
-from packets import ipv4
+from ipv4_packets import ipv4
 
 OWN = Lease("a", IPv4Network("10.244.1.0/24"), IPv4Address("127.0.0.1"))
 PEER = Lease("b", IPv4Network("10.244.2.0/24"), IPv4Address("127.0.0.2"))

@@ -7,7 +7,7 @@ from hypothesis import given, strategies as st
 
 from flannelette import packet
 from flannelette.config import Lease
-from packets import ipv4
+from ipv4_packets import ipv4
 
 # A textbook IPv4 header (UDP, TTL 64, checksum 0xb861) and a payload of 95 bytes.
 GOLDEN_HEADER = bytes.fromhex("45000073000040004011b861c0a80001c0a800c7")
