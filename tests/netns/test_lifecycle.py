@@ -1,6 +1,7 @@
 """Start, crash, restart and stop: the runtime owns its kernel state and leaves none behind."""
 
 import json
+import os
 import signal
 
 import pytest
@@ -116,3 +117,22 @@ def test_metrics_are_prometheus_text(three):
     assert 'flannelette_peer_packets_total{direction="rx",peer="node2"' in page
     hashes = {json.dumps(sorted(k for k in h.metrics() if k[0] == "flannelette_leases_info")[0][1][0]) for h in three}
     assert len(hashes) == 1  # every host runs the same table
+
+
+def test_failed_bring_up_undoes_every_finished_step(cluster):
+    a, b = cluster.build(2)
+    os.makedirs(a.subnet_file)  # subnet.env can't replace a directory: the last step before the data path fails
+    proc = a.start(wait=False)
+    assert proc.wait(60) == 1
+    assert "subnet.env" in a.log()
+    assert not {"flannel0", "cni0"} & a.links()
+    assert flannel_rules(a) == []
+
+
+def test_mtu_follows_the_public_interface(cluster):
+    a, b = cluster.build(2)
+    a.run("ip", "link", "set", "eth0", "mtu", "9000")
+    a.start("--iface", "eth0")
+    assert "mtu 8972" in a.run("ip", "link", "show", "flannel0").stdout
+    with open(a.subnet_file) as f:
+        assert "FLANNEL_MTU=8972\n" in f.read()
