@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 BUFFER_SIZE = 65536  # larger than any datagram, so an oversized one is seen whole and counted
 CHECKSUM = struct.Struct("!H")  # at offset 10
+DESTINATION = struct.Struct("!I")  # at offset 16
 MSG_DONTWAIT = socket.MSG_DONTWAIT
 # UDP segmentation offload (Linux 4.18) and receive coalescing (5.0).
 SOL_UDP, UDP_SEGMENT, UDP_GRO = 17, 103, 104
@@ -37,12 +38,6 @@ NOT_IPV4 = "not_ipv4"
 DROP_REASONS = packet.DROP_REASONS + (NOT_IPV4,)
 # Per-packet warnings: at most this many per reason per interval, then a summary.
 WARN_BURST, WARN_INTERVAL = 5, 60.0
-
-
-def _patch_checksum(buf, start: int) -> None:
-    """packet.decrement_ttl's checksum update, for a TTL the caller has already decremented."""
-    total = (~CHECKSUM.unpack_from(buf, start + 10)[0] & 0xFFFF) + 0xFEFF
-    CHECKSUM.pack_into(buf, start + 10, ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF)
 
 
 def _segment_size(ancillary) -> int:
@@ -157,14 +152,16 @@ class DataPath:
         # the TUN queue is empty, so no packet waits for company.
         buf = bytearray(BATCH_BYTES + BUFFER_SIZE)
         view = memoryview(buf)
-        readv, fd, header = os.readv, self.tun_fd, bytearray(VNET_HDR_LEN)
-        addresses = packet.ADDRESSES.unpack_from
+        readv, fd = os.readv, self.tun_fd
+        iov = [bytearray(VNET_HDR_LEN), view]
+        destination, check, pack_check = DESTINATION.unpack_from, CHECKSUM.unpack_from, CHECKSUM.pack_into
         wait = self._poller(self.tun_fd).poll
         flush = self._flush
         end, count, size, peer = 0, 0, 0, None  # the batch: buf[:end], count packets of size bytes
         while not self._stopping:
+            iov[1] = view[end:]
             try:
-                n = readv(fd, [header, view[end:]]) - VNET_HDR_LEN
+                n = readv(fd, iov) - VNET_HDR_LEN
             except BlockingIOError:
                 if count:
                     flush(view, end, count, size, peer)
@@ -175,7 +172,7 @@ class DataPath:
                 self._drop(NOT_IPV4, "%d bytes from the TUN device are not an IPv4 packet", n)
                 continue
             table = self.table
-            to = table.by_subnet.get(addresses(buf, end + 12)[1] >> table.shift)
+            to = table.by_subnet.get(destination(buf, end + 16)[0] >> table.shift)
             if to is None:
                 self._unreachable(view[end:end + n])
                 continue
@@ -184,7 +181,8 @@ class DataPath:
                 self._drop(packet.TTL_EXPIRED, "TTL expired for %s", to.host)
                 continue
             buf[end + 8] = ttl - 1
-            _patch_checksum(buf, end)
+            total = (~check(buf, end + 10)[0] & 0xFFFF) + 0xFEFF  # RFC 1624, as packet.decrement_ttl
+            pack_check(buf, end + 10, ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF)
             if count and (to is not peer or n > size):
                 flush(view, end, count, size, peer)  # this packet can't join: send the batch
                 buf[:n] = buf[end:end + n]
