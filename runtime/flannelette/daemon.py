@@ -98,9 +98,9 @@ class Runtime:
         self.undo: List[Tuple[str, Callable[[], None]]] = []
 
     def _table(self, leases, previous=None) -> LeaseTable:
-        self.lease_hash = metrics.lease_hash(leases)
-        self.lease_count = len(leases)
-        return LeaseTable(self.own, leases, self.net_conf.subnet_len, self.net_conf.port, previous)
+        table = LeaseTable(self.own, leases, self.net_conf.subnet_len, self.net_conf.port, previous)
+        self.lease_hash, self.lease_count = metrics.lease_hash(leases), len(leases)
+        return table
 
     # -- bring-up ----------------------------------------------------------------
 
@@ -221,11 +221,13 @@ class Runtime:
         try:
             leases = config.load_leases(self.args.leases, self.net_conf)
             self._check_own(leases)
+            self._swap(leases)
         except (ConfigError, StartError) as e:
             self.reloads["failed"] += 1
             log.error("reload: keeping the current lease table (%s): %s", self.lease_hash, e)
-        else:
-            self._swap(leases)
+        except Exception:  # a bug must not take the running overlay down with it
+            self.reloads["failed"] += 1
+            log.exception("reload: keeping the current lease table (%s)", self.lease_hash)
         notify.ready(self.status())
 
     def _check_own(self, leases) -> None:
@@ -249,7 +251,8 @@ class Runtime:
         log.info("lease table %s loaded: %d peers", self.lease_hash, len(after))
 
     def status(self) -> str:
-        return f"{self.own.host} {self.own.subnet}, {self.lease_count - 1} peers, leases {self.lease_hash}"
+        peers = self.lease_count - 1
+        return f"{self.own.host} {self.own.subnet}, {peers} peer{'' if peers == 1 else 's'}, leases {self.lease_hash}"
 
     def serve(self) -> None:
         """Wait for signals: SIGHUP reloads, SIGTERM or SIGINT stops."""
@@ -346,9 +349,11 @@ def run(runtime: Runtime) -> int:
         return EXIT_FAILED
     log.info("ready: %s, mtu %d", runtime.status(), runtime.mtu)
     notify.ready(runtime.status())
-    runtime.serve()
-    notify.stopping()
-    runtime.tear_down()
+    try:
+        runtime.serve()
+    finally:  # whatever ends serving, the kernel state goes with it
+        notify.stopping()
+        runtime.tear_down()
     log.info("stopped")
     return EXIT_OK
 
