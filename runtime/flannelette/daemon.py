@@ -106,14 +106,14 @@ class Runtime:
 
     def bring_up(self, ipr) -> None:
         steps = [
-            ("ip_forward", lambda: self._ip_forward()),
-            ("UDP socket", lambda: self._socket()),
-            ("healthz", lambda: self._healthz()),
+            ("ip_forward", self._ip_forward),
+            ("UDP socket", self._socket),
+            ("healthz", self._healthz),
             (TUN_NAME, lambda: self._tun(ipr)),
             (BRIDGE_NAME, lambda: self._bridge(ipr)),
-            ("rules", lambda: self._rules()),
-            ("subnet.env", lambda: self._subnet_env()),
-            ("data path", lambda: self._datapath()),
+            ("rules", self._rules),
+            ("subnet.env", self._subnet_env),
+            ("data path", self._datapath),
         ]
         self.mtu = self._mtu(ipr)
         for name, step in steps:
