@@ -6,37 +6,19 @@ file in one pass; each problem names the file, the field and the value.
 
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Iterable, Optional
 
 from flannelette import schemas
+from flannelette.problems import ConfigError, Problem, canonical_keys, kind, schema_problems
 
 DEFAULT_PORT = 8285
 # Each host subnet needs room for the network address (flannel0), the gateway
 # (cni0) and containers, and flannel never hands out the first subnet.
 MAX_SUBNET_LEN = 30
 MAX_NETWORK_PREFIX = 28
-
-
-@dataclass(frozen=True)
-class Problem:
-    where: str
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.field}: {self.message}"
-
-
-class ConfigError(Exception):
-    """One or more problems with a file or with inventory data."""
-
-    def __init__(self, problems: Iterable[Problem]):
-        self.problems = list(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
 
 
 @dataclass(frozen=True)
@@ -125,7 +107,7 @@ def render_leases(leases: Iterable[Lease]) -> str:
 def parse_net_conf(data: Any, where: str = "net-conf.json") -> NetConf:
     """Validate a net-conf document the way flannel reads it, with flannel's defaults."""
     if not isinstance(data, dict):
-        raise ConfigError([Problem(where, "file", f"must be a JSON object, not {_kind(data)}")])
+        raise ConfigError([Problem(where, "file", f"must be a JSON object, not {kind(data)}")])
     data = canonical_keys(data, schemas.load("net-conf"))
     problems = schema_problems(data, "net-conf", where)
     bad = {p.field.split(".")[0] for p in problems}
@@ -275,7 +257,7 @@ class _NetConfChecks:
 def parse_leases(data: Any, net_conf: NetConf, where: str = "leases.json") -> list[Lease]:
     """Validate a lease table against the network it divides."""
     if not isinstance(data, dict):
-        raise ConfigError([Problem(where, "file", f"must be a JSON object, not {_kind(data)}")])
+        raise ConfigError([Problem(where, "file", f"must be a JSON object, not {kind(data)}")])
     problems = schema_problems(data, "leases", where)
     if problems:
         raise ConfigError(problems)
@@ -345,119 +327,3 @@ def parse_address(text: str, fail) -> Optional[IPv4Address]:
     except ValueError:
         fail(f"{text!r} is not an IPv4 address")
         return None
-
-
-def canonical_keys(data: dict, schema: dict) -> dict:
-    """Keys respelled as the schema spells them when they differ only in case.
-
-    flannel decodes net-conf.json with Go's encoding/json, which matches field
-    names case-insensitively, so "network" means Network there and here too.
-    """
-    by_lower = {name.lower(): name for name in schema}
-    out = {}
-    for key, value in data.items():
-        name = by_lower.get(key.lower(), key) if isinstance(key, str) else key
-        sub = schema.get(name, {}).get("schema")
-        if isinstance(value, dict) and isinstance(sub, dict):
-            value = canonical_keys(value, sub)
-        out[name] = value
-    return out
-
-
-def schema_problems(data: dict, schema_name: str, where: str, prefix: str = "") -> list[Problem]:
-    """Cerberus' findings for `data`, as problems that name field and value."""
-    schema = schemas.load(schema_name)
-    validator = schemas.validator(schema)
-    if validator.validate(data):
-        return []
-    return list(_flatten(validator.document_error_tree, data, schema, where, prefix))
-
-
-def _flatten(tree, data, schema, where, prefix):
-    seen = set()
-    for error in _leaf_errors(tree):
-        path = prefix + "".join(_path_part(p) for p in error.document_path).lstrip(".")
-        if (path, error.code) not in seen:  # cerberus reports nested errors twice
-            seen.add((path, error.code))
-            yield Problem(where, path, _describe(error, schema))
-
-
-def _leaf_errors(tree):
-    for error in tree.errors:
-        yield from _leaves(error)
-    for child in tree.descendants.values():
-        yield from _leaf_errors(child)
-
-
-def _leaves(error):
-    if error.is_group_error:
-        for child in error.child_errors:
-            yield from _leaves(child)
-    else:
-        yield error
-
-
-def _path_part(part) -> str:
-    return f"[{part}]" if isinstance(part, int) else f".{part}"
-
-
-def _describe(error, schema) -> str:
-    from cerberus import errors as E
-
-    name = error.document_path[-1] if error.document_path else ""
-    if error.code == E.UNKNOWN_FIELD.code:
-        known = _known_names(error, schema)
-        hint = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
-        suggestion = f"; did you mean {hint[0]}?" if hint else f"; known keys: {', '.join(known)}"
-        return f"unknown key (value {error.value!r}){suggestion}"
-    if error.code == E.REQUIRED_FIELD.code:
-        return "is required but missing"
-    if error.code == E.BAD_TYPE.code:
-        wanted = error.constraint if isinstance(error.constraint, list) else [error.constraint]
-        return f"{error.value!r} is {_kind(error.value)}, but must be {' or '.join(_type_word(t) for t in wanted)}"
-    if error.code == E.EMPTY_NOT_ALLOWED.code:
-        return "must not be empty"
-    return f"{error.value!r}: {error.rule} {error.constraint!r} not met"
-
-
-def _known_names(error, schema) -> list[str]:
-    node = schema
-    for part in error.document_path[:-1]:
-        if isinstance(part, int):
-            node = node.get("schema", {})
-            continue
-        node = node.get(part, {}).get("schema", {})
-    if "schema" in node and "type" in node:
-        node = node["schema"]
-    return sorted(k for k in node if isinstance(k, str))
-
-
-_TYPE_WORDS = {
-    "string": "a string",
-    "integer": "a whole number",
-    "boolean": "true or false",
-    "dict": "an object",
-    "list": "a list",
-}
-
-
-def _type_word(name: str) -> str:
-    return _TYPE_WORDS.get(name, name)
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "a number"
-    if isinstance(value, float):
-        return "a fractional number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list):
-        return "a list"
-    if value is None:
-        return "null"
-    return type(value).__name__

@@ -13,6 +13,7 @@ from typing import Optional
 
 from flannelette import config
 from flannelette.config import ConfigError, Lease, NetConf, Problem
+from flannelette.problems import schema_problems
 from flannelette.plan import HostSpec, Plan, make_plan
 
 NET_CONF_KEY = "flannel_net_conf"
@@ -66,7 +67,7 @@ def read_hosts(inventory) -> tuple:
     for host in inventory:
         data = host.data.dict()
         before = len(problems)
-        problems += config.schema_problems(_flannel_keys(data), "host", host.name)
+        problems += schema_problems(_flannel_keys(data), "host", host.name)
         if len(problems) > before:
             continue
         conf = _net_conf(data[NET_CONF_KEY], host.name, confs, problems)
@@ -162,7 +163,7 @@ def read_allocations(path: str) -> list[Lease]:
     data = config.read_json(path)
     if not isinstance(data, dict):
         raise ConfigError([Problem(path, "file", "must be a JSON object with a \"leases\" list")])
-    problems = config.schema_problems(data, "leases", path)
+    problems = schema_problems(data, "leases", path)
     leases = []
     for i, entry in enumerate(data.get("leases", []) if not problems else []):
         fail = lambda field: lambda m: problems.append(Problem(path, f"leases[{i}].{field}", m))  # noqa: E731
