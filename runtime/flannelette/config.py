@@ -241,7 +241,7 @@ class _NetConfChecks:
         if self.get("EnableIPv6"):
             self.fail(
                 "EnableIPv6",
-                "true is not supported: flannel's udp backend carries IPv4 only; "
+                "true: IPv6 is not supported by the udp backend, which carries IPv4 only; "
                 "set EnableIPv6 to false or leave it out",
             )
         if self.get("EnableIPv4") is False:
@@ -328,6 +328,8 @@ def lease_conflicts(leases: list[Lease], where: str) -> list[Problem]:
 def parse_cidr(text: str, fail) -> Optional[IPv4Network]:
     """An IPv4 network in CIDR form with no host bits set, or None after `fail(message)`."""
     try:
+        if "/" not in text:
+            raise ValueError("no prefix length")
         return IPv4Network(text)
     except ValueError as e:
         if "has host bits set" in str(e):
@@ -375,7 +377,7 @@ def schema_problems(data: dict, schema_name: str, where: str, prefix: str = "") 
 def _flatten(tree, data, schema, where, prefix):
     seen = set()
     for error in _leaf_errors(tree):
-        path = prefix + ".".join(_path_part(p) for p in error.document_path)
+        path = prefix + "".join(_path_part(p) for p in error.document_path).lstrip(".")
         if (path, error.code) not in seen:  # cerberus reports nested errors twice
             seen.add((path, error.code))
             yield Problem(where, path, _describe(error, schema))
@@ -397,7 +399,7 @@ def _leaves(error):
 
 
 def _path_part(part) -> str:
-    return f"[{part}]" if isinstance(part, int) else str(part)
+    return f"[{part}]" if isinstance(part, int) else f".{part}"
 
 
 def _describe(error, schema) -> str:

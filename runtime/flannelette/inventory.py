@@ -22,16 +22,24 @@ def load(path: str):
     """A pyinfra Inventory from an inventory file, group_data precedence as in a real run."""
     from pyinfra.api import State
     from pyinfra.context import ctx_state
-    from pyinfra_cli.exceptions import CliError
+    from pyinfra_cli import util
+    from pyinfra_cli.exceptions import CliError, UnexpectedExternalError
     from pyinfra_cli.inventory import make_inventory
 
     if not Path(path).is_file():
         raise ConfigError([Problem(path, "file", "no such inventory file")])
-    state = State()  # inventory and group_data files are executed within a state, as in `pyinfra`
+    # pyinfra caches compiled inventory and group_data code by file name for the
+    # life of the process; a long-lived caller must see files as they are now.
+    util.PYTHON_CODES.clear()
+    state = State()  # inventory and group_data files run within a state, as in `pyinfra`
     state.cwd = os.getcwd()
     try:
         with ctx_state.use(state):
             return make_inventory(path, cwd=state.cwd)
+    except UnexpectedExternalError as e:
+        raise ConfigError([Problem(e.filename, "file", f"{type(e.exception).__name__}: {e.exception}")]) from None
+    except SyntaxError as e:
+        raise ConfigError([Problem(e.filename or path, "file", f"line {e.lineno}: {e.msg}")]) from None
     except CliError as e:
         raise ConfigError([Problem(path, "file", str(e))]) from None
 

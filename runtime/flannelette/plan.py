@@ -68,8 +68,7 @@ def make_plan(
         ]
     if problems:
         raise ConfigError(problems)
-    taken = set(chosen.values()) | set(allocated.values())
-    free = (s for s in net_conf.subnets() if s not in taken)
+    free = _free_subnets(net_conf, set(chosen.values()), set(allocated.values()))
     for name in missing:
         chosen[name] = next(free)
     leases = tuple(Lease(h.name, chosen[h.name], h.public_ip) for h in hosts)
@@ -77,6 +76,13 @@ def make_plan(
     if problems:
         raise ConfigError(problems)
     return Plan(net_conf, hosts, leases, tuple(missing))
+
+
+def _free_subnets(net_conf: NetConf, used: set, allocated: set):
+    """Unused subnets, lowest first; those of hosts gone from the inventory come last,
+    so a subnet isn't handed on while its old holder may still be running."""
+    yield from (s for s in net_conf.subnets() if s not in used and s not in allocated)
+    yield from sorted(s for s in allocated if s not in used and net_conf.subnet_problem(s) is None)
 
 
 def _bad(problems: list[Problem]) -> set:
