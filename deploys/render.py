@@ -27,6 +27,8 @@ SYSCTL = "/etc/sysctl.d/90-flannelette.conf"
 CONFLIST = "/etc/cni/net.d/10-flannelette.conflist"
 RUN_DIR = "/run/flannel"
 BRIDGE = "cni0"
+# The runtime's health and metrics endpoint, where `flannelette status` looks.
+HEALTHZ = "127.0.0.1:8286"
 # A UDP/IPv4 header around every inner packet: 20 bytes of IPv4, 8 of UDP.
 ENCAP_OVERHEAD = 28
 
@@ -61,6 +63,7 @@ def render_unit(python: str, public_ip, iface=None, ip_masq: bool = True) -> str
         public_ip=public_ip,
         iface=iface,
         ip_masq=ip_masq,
+        healthz=HEALTHZ,
         runtime_directory=RUN_DIR.removeprefix("/run/"),
     )
 
