@@ -82,6 +82,9 @@ class DirectoryEntries(FactBase):
         quoted = " ".join(f"'{p}'" for p in paths)
         return f'for d in {quoted}; do [ -d "$d" ] && echo "{DIR_MARK}$d" && ls -A "$d"; done; true'
 
+    def default(self) -> dict:
+        return {}  # no output: none of the paths is a directory
+
     def process(self, output) -> dict:
         return parse_directory_entries(output)
 
