@@ -111,33 +111,41 @@ def render_matrix(addresses: dict, reached: dict, netns: str = NETNS) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploys.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--hosts", type=int, default=3, help="lab hosts (default 3)")
+    parser.add_argument("--name", default="lab", help="lab name (default lab: inventory/lab.py)")
+    parser.add_argument("--network", default="192.168.56.0/24", help="the lab's underlay (default 192.168.56.0/24)")
     args = parser.parse_args(argv)
     from lab import Lab
 
-    lab = Lab()
-    inventory = str(Path(lab.inventory_path).relative_to(ROOT)) if Path(lab.inventory_path).is_relative_to(ROOT) else str(lab.inventory_path)
+    inventory = "inventory/lab.py" if args.name == "lab" else f"inventory/lab-{args.name}.py"
+    lab = Lab(name=args.name, network=args.network, inventory_path=ROOT / inventory)
     started = time.monotonic()
-    print(f"== lab: {args.hosts} hosts (a running lab is reused)")
+    print(f"== lab {args.name!r}: {args.hosts} hosts (a running lab is reused)")
     lab.up(hosts=args.hosts)
     allocate(inventory)
     print(f"== pyinfra -y {inventory} deploys/overlay.py")
     run = deploy(inventory)
-    print(run.stdout[-3000:] if run.returncode else _summary(run.stdout))
     if run.returncode != 0:
-        print(run.stderr, file=sys.stderr)
+        print(run.stdout[-3000:], run.stderr[-3000:], sep="\n", file=sys.stderr)
         return 1
+    print(_summary(run.stdout + run.stderr))
     print("== one namespace per host, attached by the CNI bridge plugin via /etc/cni/net.d/10-flannelette.conflist")
     addresses = {host: attach(lab, host) for host, _ in lab.hosts()}
-    print("== who reaches whom (ping across the overlay)\n")
+    print("== who reaches whom (ping from each namespace to the others, across the overlay)\n")
     reached = reachability(lab, addresses)
     print(render_matrix(addresses, reached))
-    print(f"\ndone in {time.monotonic() - started:.0f}s; `python -m lab ssh node1 -- ip netns exec {NETNS} ping 10.244.2.2` "
-          "to look around, `python -m lab down` to remove the lab")
+    lab_args = "" if args.name == "lab" else f" --name {args.name} --network {args.network}"
+    print(f"\ndone in {time.monotonic() - started:.0f}s. Look around: "
+          f"python -m lab{lab_args} ssh node1 -- ip netns exec {NETNS} ping -c 3 {addresses[lab.hosts()[-1][0]]}\n"
+          f"Remove it all: python -m lab{lab_args} down")
     return 0 if all(reached.values()) else 1
 
 
-def _summary(stdout: str) -> str:
-    return "\n".join(line for line in stdout.splitlines() if "Grand total" in line or line.startswith("--> Results"))
+def _summary(output: str) -> str:
+    """pyinfra's results table, from its header to the grand total."""
+    lines = output.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("--> Results")), len(lines))
+    end = next((i for i, line in enumerate(lines) if "Grand total" in line), len(lines) - 1)
+    return "\n".join(lines[start:end + 1])
 
 
 if __name__ == "__main__":
