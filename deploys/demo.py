@@ -136,8 +136,14 @@ def main(argv=None) -> int:
     lab_args = "" if args.name == "lab" else f" --name {args.name} --network {args.network}"
     print(f"\ndone in {time.monotonic() - started:.0f}s. Look around: "
           f"python -m lab{lab_args} ssh node1 -- ip netns exec {NETNS} ping -c 3 {addresses[lab.hosts()[-1][0]]}\n"
-          f"Remove it all: python -m lab{lab_args} down")
+          f"Remove it all: python -m lab{lab_args} down{_forget(inventory, args.name)}")
     return 0 if all(reached.values()) else 1
+
+
+def _forget(inventory: str, name: str) -> str:
+    """The default lab's `down` removes inventory/lab.py; another lab's doesn't know it was written there."""
+    allocation = inventory.replace(".py", ".leases.json")
+    return "" if name == "lab" else f" && rm -f {inventory} {allocation}"
 
 
 def _summary(output: str) -> str:
