@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test unit setup system-packages lab-up lab-down demo bench clean
+.PHONY: test unit setup system-packages lab-up lab-down lab-status demo bench clean
 
 test: setup
 	$(PY) -m pytest
@@ -14,6 +14,15 @@ unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit
 
 setup: system-packages $(VENV)/.installed
+
+lab-up: setup
+	$(PY) -m lab up
+
+lab-down: $(VENV)/.installed
+	$(PY) -m lab down
+
+lab-status: $(VENV)/.installed
+	$(PY) -m lab status
 
 system-packages:
 	@scripts/install-system-packages

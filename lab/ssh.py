@@ -1,0 +1,70 @@
+"""SSH to lab hosts with paramiko, the library pyinfra itself uses."""
+
+import socket
+import subprocess
+from pathlib import Path
+
+from . import shell
+
+
+def ensure_key(path, comment):
+    """The lab's client key (ed25519, no passphrase), generated once per lab."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shell.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment,
+                   "-f", str(path)])
+    return path
+
+
+def public_key(path):
+    return Path(f"{path}.pub").read_text()
+
+
+def port_open(address, port=22, timeout=1.0):
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def connect(address, key_path, timeout=10):
+    """An SSHClient logged in as root; host keys change with every rebuild, so
+    they are accepted without a known_hosts file."""
+    import paramiko
+
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    client.connect(
+        address, username="root", key_filename=str(key_path), timeout=timeout,
+        banner_timeout=timeout, auth_timeout=timeout, look_for_keys=False,
+        allow_agent=False,
+    )
+    return client
+
+
+def run(client, command, timeout=60):
+    """Run `command` (a shell string) and wait: a CompletedProcess, never raises
+    on a non-zero exit."""
+    _, stdout, stderr = client.exec_command(command, timeout=timeout)
+    out = stdout.read().decode(errors="replace")
+    err = stderr.read().decode(errors="replace")
+    rc = stdout.channel.recv_exit_status()
+    return subprocess.CompletedProcess(command, rc, out, err)
+
+
+def answers(address, key_path, timeout=5):
+    """True when sshd on `address` lets the lab's key in and runs a command."""
+    if not port_open(address, timeout=timeout):
+        return False
+    try:
+        client = connect(address, key_path, timeout=timeout)
+    except Exception:
+        return False
+    try:
+        return run(client, "true", timeout=timeout).returncode == 0
+    except Exception:
+        return False
+    finally:
+        client.close()
