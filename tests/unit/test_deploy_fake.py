@@ -20,7 +20,7 @@ NET_CONF = {"Network": "10.244.0.0/16", "Backend": {"Type": "udp", "Port": 8285}
 def host(index: int, python: str = "3.11.2", **data) -> tuple:
     address = f"192.168.56.{10 + index}"
     responses = {
-        "command -v python3": ["/usr/bin/python3", python],
+        "command -v python3": ["/usr/bin/python3", python] if python is not None else [],
         "/sys/class/net/": ["mtu eth1 1500", f"3: eth1    inet {address}/24 scope global eth1"],
     }
     data = {"flannel_public_ip": address, "flannel_net_conf": NET_CONF, "fake_delay": 0,
@@ -35,8 +35,8 @@ def write_inventory(path: Path, hosts: list, allocate: bool = True) -> str:
     return str(path)
 
 
-def pyinfra(inventory: str, *args: str) -> subprocess.CompletedProcess:
-    argv = [sys.executable, "-m", "pyinfra", "-y", inventory, "deploys/overlay.py", *args]
+def pyinfra(inventory: str, *args: str, deploy: str = "deploys/overlay.py") -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "pyinfra", "-y", inventory, deploy, *args]
     result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
     result.output = result.stdout + result.stderr
     return result
@@ -78,6 +78,7 @@ def test_a_host_without_an_allocation_names_the_command_that_makes_one(tmp_path)
     [
         ("3.7.3", "@fake/node2: /usr/bin/python3 is Python 3.7.3; the flannelette runtime needs >= 3.9"),
         ("", "@fake/node2: /usr/bin/python3 is Python of unknown version"),
+        (None, "@fake/node2: no python3 found; the flannelette runtime needs python3 >= 3.9"),
     ],
 )
 def test_an_old_python3_on_one_host_stops_the_run_naming_host_and_version(tmp_path, python, message):
@@ -85,3 +86,21 @@ def test_an_old_python3_on_one_host_stops_the_run_naming_host_and_version(tmp_pa
     assert result.returncode == 1
     assert message in result.output
     assert "Beginning operation run" not in result.output
+
+
+def test_the_inventory_argument_is_found_among_pyinfras_options(tmp_path, monkeypatch):
+    from deploys import tasks
+
+    inventory = write_inventory(tmp_path / "fleet.py", [host(1)], allocate=False)
+    argv = ["pyinfra", "-y", "--limit", "node1", "-vv", inventory, "deploys/overlay.py", "--dry"]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert tasks.inventory_path() == inventory
+    monkeypatch.setattr(sys, "argv", ["pytest", "-q"])
+    assert tasks.inventory_path() is None
+
+
+def test_teardown_needs_no_plan_and_runs_on_a_host_without_the_overlay(tmp_path):
+    inventory = write_inventory(tmp_path / "fleet.py", [host(1)], allocate=False)
+    result = pyinfra(inventory, deploy="deploys/teardown.py")
+    assert result.returncode == 0, result.output
+    assert "Stop flannelette and disable it at boot" in result.output
