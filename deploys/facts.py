@@ -39,7 +39,7 @@ class Links(FactBase):
     def command(self) -> str:
         return (
             'for f in /sys/class/net/*/mtu; do d=${f%/mtu}; echo "mtu ${d##*/} $(cat "$f")"; done; '
-            "ip -o -4 addr show"
+            "ip -o -4 addr show 2>/dev/null || true"
         )
 
     def process(self, output) -> dict:
