@@ -112,6 +112,7 @@ def test_fresh_deploy_connects_every_host(fleet):
     assert result.returncode == 0, result.output
     for host in fleet.hosts():
         assert fleet.run(host, "systemctl is-active flannelette") == "active"
+        assert "ready" in fleet.run(host, "flannelette status").splitlines()[0]  # the linked zipapp, healthz
         fleet.addresses[host] = demo.attach(fleet.lab, host, NETNS)
     reached = demo.reachability(fleet.lab, fleet.addresses, NETNS)
     assert all(reached.values()), demo.render_matrix(fleet.addresses, reached, NETNS)
