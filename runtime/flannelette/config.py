@@ -7,7 +7,6 @@ file in one pass; each problem names the file, the field and the value.
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import json
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network

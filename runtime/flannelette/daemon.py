@@ -1,9 +1,368 @@
-"""Placeholder until the runtime lands."""
+"""`flannelette run`: turn net-conf.json and leases.json into kernel state, then carry packets.
+
+Bring-up is an ordered list of steps; when one fails, the finished ones are
+undone in reverse, so a runtime that can't start leaves nothing half made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from ipaddress import IPv4Address, IPv4Interface
+from typing import Callable, List, Optional, Tuple
+
+from flannelette import config, healthz, metrics, netlink, notify, subnetenv, tun
+from flannelette.config import ConfigError
+from flannelette.datapath import DataPath
+from flannelette.packet import LeaseTable
+from flannelette.rules import Rules, RulesError
+
+log = logging.getLogger("flannelette")
+
+EXIT_OK, EXIT_FAILED = 0, 1
+TUN_NAME = "flannel0"
+BRIDGE_NAME = "cni0"
+SOCKET_BUFFER = 4 << 20  # room for bursts at line rate while a loop waits for the GIL
+# The kernel queues packets for the runtime on flannel0 here; a queue deeper than
+# the default 500 absorbs bursts instead of dropping them into TCP retransmits.
+TUN_QUEUE = 5000
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # Linux: as root, past net.core.*mem_max
+JOURNAL_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
-def add_arguments(parser):
-    pass
+class StartError(Exception):
+    """The runtime can't start; the message says why and what to do."""
 
 
-def main(args):
-    raise NotImplementedError
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--net-conf", required=True, metavar="FILE", help="flannel's net-conf.json")
+    parser.add_argument("--leases", required=True, metavar="FILE", help="the lease table, the same on every host")
+    parser.add_argument("--public-ip", required=True, metavar="IP", help="this host's public IP: selects its lease")
+    parser.add_argument(
+        "--iface", metavar="NAME", help="the public interface, whose MTU - 28 is the overlay MTU "
+        "(default: the interface holding --public-ip)",
+    )
+    parser.add_argument(
+        "--subnet-file", default=subnetenv.DEFAULT_PATH, metavar="FILE",
+        help=f"where to write FLANNEL_* for the CNI plugin (default {subnetenv.DEFAULT_PATH})",
+    )
+    parser.add_argument("--ip-masq", action="store_true", help="masquerade traffic leaving the overlay, as flanneld")
+    parser.add_argument(
+        "--healthz", metavar="ADDR:PORT",
+        help=f"serve /healthz, /readyz and /metrics here (default off; e.g. 127.0.0.1:{healthz.DEFAULT_PORT})",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+
+
+# -- configuration ------------------------------------------------------------
+
+
+def own_lease(leases: List[config.Lease], public_ip: IPv4Address, leases_path: str) -> config.Lease:
+    for lease in leases:
+        if lease.public_ip == public_ip:
+            return lease
+    held = ", ".join(f"{lease.host} {lease.public_ip}" for lease in leases) or "no leases at all"
+    raise StartError(
+        f"{leases_path}: no lease has public_ip {public_ip} (--public-ip); it holds: {held}. "
+        "Pass this host's public IP as it appears there, or add this host to the inventory and deploy again."
+    )
+
+
+def parse_public_ip(text: str) -> IPv4Address:
+    try:
+        return IPv4Address(text)
+    except ValueError:
+        raise StartError(f"--public-ip {text!r} is not an IPv4 address") from None
+
+
+class Runtime:
+    """Everything one running host needs; healthz reads it, signals drive it."""
+
+    def __init__(self, args):
+        self.args = args
+        self.public_ip = parse_public_ip(args.public_ip)
+        self.healthz_address = _healthz_address(args.healthz)
+        self.net_conf = config.load_net_conf(args.net_conf)
+        leases = config.load_leases(args.leases, self.net_conf)
+        self.own = own_lease(leases, self.public_ip, args.leases)
+        self.table = self._table(leases)
+        self.ready = False
+        self.reloads = {"ok": 0, "failed": 0}
+        self.datapath: Optional[DataPath] = None
+        self.mtu = 0
+        self.undo: List[Tuple[str, Callable[[], None]]] = []
+
+    def _table(self, leases, previous=None) -> LeaseTable:
+        table = LeaseTable(self.own, leases, self.net_conf.subnet_len, self.net_conf.port, previous)
+        self.lease_hash, self.lease_count = metrics.lease_hash(leases), len(leases)
+        return table
+
+    # -- bring-up ----------------------------------------------------------------
+
+    def bring_up(self, ipr) -> None:
+        steps = [
+            ("ip_forward", self._ip_forward),
+            ("UDP socket", self._socket),
+            ("healthz", self._healthz),
+            (TUN_NAME, lambda: self._tun(ipr)),
+            (BRIDGE_NAME, lambda: self._bridge(ipr)),
+            ("rules", self._rules),
+            ("subnet.env", self._subnet_env),
+            ("data path", self._datapath),
+        ]
+        self.mtu = self._mtu(ipr)
+        for name, step in steps:
+            try:
+                step()
+            except Exception as e:
+                self.tear_down()
+                raise StartError(f"{name}: {e}") from e
+        self.ready = True
+
+    def tear_down(self) -> None:
+        """Undo the finished steps in reverse; every undo runs even when one fails."""
+        self.ready = False
+        while self.undo:
+            name, undo = self.undo.pop()
+            try:
+                undo()
+            except Exception as e:
+                log.error("stopping: %s: %s", name, e)
+
+    def _mtu(self, ipr) -> int:
+        name = self.args.iface or netlink.interface_with_address(ipr, self.public_ip)
+        if name is None:
+            raise StartError(
+                f"no interface holds --public-ip {self.public_ip}; pass --iface NAME for the public interface"
+            )
+        index = netlink.link_index(ipr, name)
+        if index is None:
+            raise StartError(f"--iface {name}: no such interface")
+        return netlink.link_mtu(ipr, index) - netlink.ENCAP_OVERHEAD
+
+    def _ip_forward(self) -> None:
+        netlink.enable_ip_forward()
+
+    def _socket(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.undo.append(("UDP socket", sock.close))
+        for forced, option in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, forced, SOCKET_BUFFER)
+            except OSError:  # without CAP_NET_ADMIN: as much as net.core.*mem_max allows
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        try:
+            sock.bind((str(self.public_ip), self.net_conf.port))
+        except OSError as e:
+            raise StartError(
+                f"can't listen on {self.public_ip}:{self.net_conf.port}/udp: {e.strerror} "
+                "(is another flannelette or flanneld running?)"
+            ) from None
+        self.sock = sock
+
+    def _healthz(self) -> None:
+        if self.healthz_address is None:
+            return
+        try:
+            server = healthz.HealthServer(self.healthz_address, self)
+        except OSError as e:
+            raise StartError(f"can't serve on {self.args.healthz}: {e.strerror}") from None
+        server.start()
+        self.undo.append(("healthz", server.stop))
+
+    def _tun(self, ipr) -> None:
+        self.tun_fd = tun.open_tun(TUN_NAME)
+        self.undo.append((TUN_NAME, lambda: self._close_tun()))
+        index = netlink.link_index(ipr, TUN_NAME)
+        netlink.tune_tun_sysctls(TUN_NAME)
+        netlink.ensure_up(ipr, index, self.mtu, TUN_QUEUE)
+        netlink.ensure_addresses(ipr, index, [IPv4Interface((self.own.subnet.network_address, 32))])
+        netlink.ensure_route(ipr, self.net_conf.network, index)
+
+    def _close_tun(self) -> None:
+        os.close(self.tun_fd)
+        with netlink.IPRoute() as ipr:  # gone with its last fd, unless someone made it persistent
+            netlink.remove_link(ipr, TUN_NAME)
+
+    def _bridge(self, ipr) -> None:
+        netlink.ensure_bridge(ipr, BRIDGE_NAME)
+        self.undo.append((BRIDGE_NAME, _remove_idle_bridge))
+        index = netlink.link_index(ipr, BRIDGE_NAME)
+        gateway = IPv4Interface((self.own.gateway, self.own.subnet.prefixlen))
+        netlink.ensure_addresses(ipr, index, [gateway])
+        netlink.ensure_up(ipr, index, self.mtu)
+
+    def _rules(self) -> None:
+        rules = Rules(self.net_conf.network, self.own.subnet, self.args.ip_masq, self.net_conf.enable_nftables)
+        self.undo.append(("rules", rules.remove))
+        rules.apply()
+
+    def _subnet_env(self) -> None:
+        text = subnetenv.render(self.net_conf.network, self.own.subnet, self.mtu, self.args.ip_masq)
+        subnetenv.write(self.args.subnet_file, text)
+
+    def _datapath(self) -> None:
+        self.datapath = DataPath(
+            self.tun_fd, self.sock, self.table, self.mtu, self.own.subnet.network_address, time.monotonic
+        )
+        self.datapath.start()
+        self.undo.append(("data path", self.datapath.stop))
+
+    # -- while running -------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Re-read leases.json; on any problem keep the table in use and say why."""
+        notify.reloading()
+        try:
+            leases = config.load_leases(self.args.leases, self.net_conf)
+            self._check_own(leases)
+            self._swap(leases)
+        except (ConfigError, StartError) as e:
+            self.reloads["failed"] += 1
+            log.error("reload: keeping the current lease table (%s): %s", self.lease_hash, e)
+        except Exception:  # a bug must not take the running overlay down with it
+            self.reloads["failed"] += 1
+            log.exception("reload: keeping the current lease table (%s)", self.lease_hash)
+        notify.ready(self.status())
+
+    def _check_own(self, leases) -> None:
+        own = own_lease(leases, self.public_ip, self.args.leases)
+        if own.subnet != self.own.subnet:
+            raise StartError(
+                f"this host's subnet changed from {self.own.subnet} to {own.subnet}; "
+                "restart flannelette to move this host to its new subnet"
+            )
+
+    def _swap(self, leases) -> None:
+        old = self.datapath.table
+        table = self._table(leases, previous=old)
+        before, after = set(old.peers_by_identity()), set(table.peers_by_identity())
+        self.datapath.update_table(table)
+        self.reloads["ok"] += 1
+        for identity in sorted(after - before, key=str):
+            log.info("peer added: %s %s via %s", identity[0], identity[1], identity[2])
+        for identity in sorted(before - after, key=str):
+            log.info("peer removed: %s %s via %s", identity[0], identity[1], identity[2])
+        log.info("lease table %s loaded: %d peers", self.lease_hash, len(after))
+
+    def status(self) -> str:
+        peers = self.lease_count - 1
+        return f"{self.own.host} {self.own.subnet}, {peers} peer{'' if peers == 1 else 's'}, leases {self.lease_hash}"
+
+    def serve(self) -> None:
+        """Wait for signals: SIGHUP reloads, SIGTERM or SIGINT stops."""
+        while True:
+            signum = signal.sigwait(HANDLED_SIGNALS)
+            if signum == signal.SIGHUP:
+                self.reload()
+            else:
+                log.info("%s: stopping", signal.Signals(signum).name)
+                return
+
+
+HANDLED_SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
+
+
+def _remove_idle_bridge() -> None:
+    # Containers attached by the CNI bridge plugin keep their network while the
+    # runtime restarts, so cni0 stays as long as anything is plugged into it.
+    with netlink.IPRoute() as ipr:
+        index = netlink.link_index(ipr, BRIDGE_NAME)
+        if index is None:
+            return
+        ports = netlink.bridge_ports(ipr, index)
+        if ports:
+            log.info("leaving %s in place: %s attached", BRIDGE_NAME, ", ".join(ports))
+        else:
+            netlink.remove_link(ipr, BRIDGE_NAME)
+
+
+def _healthz_address(text: Optional[str]):
+    if not text:
+        return None
+    try:
+        return healthz.parse_address(text)
+    except ValueError as e:
+        raise StartError(f"--healthz {e}") from None
+
+
+# -- entry point -----------------------------------------------------------------
+
+
+class JournalFormatter(logging.Formatter):
+    """`<priority>message`, which journald reads as the line's priority; no timestamp of our own."""
+
+    def format(self, record) -> str:
+        return f"<{JOURNAL_PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
+
+
+def setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if _stderr_is_journal():
+        handler.setFormatter(JournalFormatter("%(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _stderr_is_journal() -> bool:
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return bool(inode) and f"{st.st_dev}:{st.st_ino}" == f"{device}:{inode}"
+
+
+def main(args) -> int:
+    setup_logging(getattr(args, "verbose", False))
+    try:
+        runtime = Runtime(args)
+    except ConfigError as e:
+        for problem in e.problems:
+            log.error("%s", problem)
+        return EXIT_FAILED
+    except StartError as e:
+        log.error("can't start: %s", e)
+        return EXIT_FAILED
+    # Blocked before any thread starts, so only the main thread's sigwait sees them.
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+    try:
+        return run(runtime)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def run(runtime: Runtime) -> int:
+    try:
+        with netlink.IPRoute() as ipr:
+            runtime.bring_up(ipr)
+    except (StartError, tun.TunError, RulesError, netlink.NetlinkError) as e:
+        log.error("can't start: %s", e)
+        return EXIT_FAILED
+    log.info("ready: %s, mtu %d", runtime.status(), runtime.mtu)
+    notify.ready(runtime.status())
+    try:
+        runtime.serve()
+    finally:  # whatever ends serving, the kernel state goes with it
+        notify.stopping()
+        runtime.tear_down()
+    log.info("stopped")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flannelette run", description=__doc__)
+    add_arguments(parser)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main(build_parser().parse_args()))

@@ -1,0 +1,1 @@
+"""Benchmarks: flannelette against kernel VXLAN and the bare underlay."""

@@ -1,0 +1,244 @@
+"""Throughput and latency through flannelette against kernel VXLAN and the bare underlay, in one run.
+
+Two network namespaces play two hosts joined by a veth pair (the underlay).
+Each path is measured in turn with iperf3 (TCP Gbit/s and retransmits, UDP
+packets per second at two payload sizes) and ping (RTT), then printed as a
+table with each figure's ratio to VXLAN. Needs root, iperf3 and /dev/net/tun.
+
+    sudo .venv/bin/python -m bench [--seconds 5] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional
+
+UNDERLAY = ("192.168.250.1", "192.168.250.2")
+VXLAN = ("10.250.0.1", "10.250.0.2")
+OVERLAY = ("10.244.1.1", "10.244.2.1")  # the cni0 gateways of the two hosts
+UNDERLAY_MTU = 1500
+VXLAN_ID, VXLAN_PORT = 4242, 4789
+UDP_PAYLOADS = (64, 1400)
+
+
+def sh(*argv: str, check: bool = True, timeout: float = 120) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def in_ns(ns: str, *argv: str, **kwargs) -> str:
+    return sh("ip", "netns", "exec", ns, *argv, **kwargs)
+
+
+class Hosts:
+    """Two namespaces on a veth underlay; everything made is removed by name or PID in close()."""
+
+    def __init__(self, prefix: str):
+        self.names = (f"{prefix}a", f"{prefix}b")
+        self.processes: List[subprocess.Popen] = []
+        self.workdir = tempfile.mkdtemp(prefix="flannelette-bench-")
+
+    def build(self) -> None:
+        for name in self.names:
+            sh("ip", "netns", "add", name)
+            in_ns(name, "ip", "link", "set", "lo", "up")
+        a, b = self.names
+        sh("ip", "link", "add", "fbench0", "netns", a, "mtu", str(UNDERLAY_MTU), "type", "veth",
+           "peer", "name", "fbench0", "netns", b, "mtu", str(UNDERLAY_MTU))
+        for name, address in zip(self.names, UNDERLAY):
+            in_ns(name, "ip", "addr", "add", f"{address}/24", "dev", "fbench0")
+            in_ns(name, "ip", "link", "set", "fbench0", "up")
+
+    def spawn(self, ns: str, *argv: str, log: Optional[str] = None) -> subprocess.Popen:
+        out = open(os.path.join(self.workdir, log), "w") if log else subprocess.DEVNULL
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=out, stderr=subprocess.STDOUT)
+        self.processes.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def close(self) -> None:
+        for proc in self.processes:
+            self.stop(proc)
+        for name in self.names:
+            sh("ip", "netns", "del", name, check=False)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+# -- measurements -----------------------------------------------------------------
+
+
+def iperf(hosts: Hosts, server: str, *args: str, seconds: int) -> dict:
+    a, b = hosts.names
+    srv = hosts.spawn(b, "iperf3", "-s", "-1", "-B", server)
+    time.sleep(0.5)
+    try:
+        out = in_ns(a, "iperf3", "-c", server, "-t", str(seconds), "-J", *args, timeout=seconds + 60)
+    finally:
+        hosts.stop(srv)
+    return json.loads(out)
+
+
+def tcp(hosts: Hosts, server: str, seconds: int) -> Dict[str, float]:
+    end = iperf(hosts, server, seconds=seconds)["end"]
+    return {"gbits": end["sum_received"]["bits_per_second"] / 1e9, "retransmits": end["sum_sent"].get("retransmits", 0)}
+
+
+def udp_pps(hosts: Hosts, server: str, payload: int, seconds: int) -> float:
+    """Packets per second that arrive, with the sender unthrottled."""
+    end = iperf(hosts, server, "-u", "-b", "0", "-l", str(payload), seconds=seconds)["end"]
+    total = end["sum"]
+    received = total["packets"] - total.get("lost_packets", 0)
+    return received / total["seconds"]
+
+
+def ping_rtt(hosts: Hosts, target: str, source: Optional[str] = None) -> float:
+    argv = ["ping", "-q", "-c", "50", "-i", "0.02"] + (["-I", source] if source else []) + [target]
+    out = in_ns(hosts.names[0], *argv)
+    return float(re.search(r"= [\d.]+/([\d.]+)/", out).group(1))
+
+
+def measure(hosts: Hosts, server: str, source: Optional[str], seconds: int) -> Dict[str, float]:
+    ping_rtt(hosts, server, source)  # warm up ARP and the peers
+    result = {"rtt_ms": ping_rtt(hosts, server, source)}
+    result.update(tcp(hosts, server, seconds))
+    for size in UDP_PAYLOADS:
+        result[f"pps_{size}"] = udp_pps(hosts, server, size, seconds)
+    return result
+
+
+# -- the three paths ----------------------------------------------------------------
+
+
+def setup_vxlan(hosts: Hosts) -> None:
+    for i, name in enumerate(hosts.names):
+        in_ns(name, "ip", "link", "add", "fbenchvx", "type", "vxlan", "id", str(VXLAN_ID), "dstport", str(VXLAN_PORT),
+              "local", UNDERLAY[i], "remote", UNDERLAY[1 - i], "dev", "fbench0")
+        in_ns(name, "ip", "addr", "add", f"{VXLAN[i]}/24", "dev", "fbenchvx")
+        in_ns(name, "ip", "link", "set", "fbenchvx", "up")
+
+
+def teardown_vxlan(hosts: Hosts) -> None:
+    for name in hosts.names:
+        in_ns(name, "ip", "link", "del", "fbenchvx", check=False)
+
+
+def flannelette_command() -> List[str]:
+    script = shutil.which("flannelette") or os.path.join(os.path.dirname(sys.executable), "flannelette")
+    if os.path.exists(script):
+        return [script, "run"]
+    return [sys.executable, "-m", "flannelette.daemon"]
+
+
+def start_flannelette(hosts: Hosts) -> List[subprocess.Popen]:
+    conf = os.path.join(hosts.workdir, "net-conf.json")
+    leases = os.path.join(hosts.workdir, "leases.json")
+    with open(conf, "w") as f:
+        json.dump({"Network": "10.244.0.0/16", "Backend": {"Type": "udp"}}, f)
+    with open(leases, "w") as f:
+        json.dump({"leases": [
+            {"host": f"bench{i}", "subnet": f"10.244.{i + 1}.0/24", "public_ip": ip} for i, ip in enumerate(UNDERLAY)
+        ]}, f)
+    procs = []
+    for i, name in enumerate(hosts.names):
+        env_file = os.path.join(hosts.workdir, f"subnet-{i}.env")
+        procs.append(hosts.spawn(name, *flannelette_command(), "--net-conf", conf, "--leases", leases,
+                                 "--public-ip", UNDERLAY[i], "--subnet-file", env_file, log=f"flannelette-{i}.log"))
+    wait_for_files([os.path.join(hosts.workdir, f"subnet-{i}.env") for i in range(2)], procs)
+    return procs
+
+
+def wait_for_files(paths: List[str], procs: List[subprocess.Popen], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(os.path.exists(p) for p in paths):
+        if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+            raise RuntimeError("flannelette did not come up; see its log in the bench work directory")
+        time.sleep(0.1)
+
+
+# -- report --------------------------------------------------------------------------
+
+COLUMNS = [
+    ("TCP Gbit/s", "gbits", "{:.2f}"),
+    ("TCP retr", "retransmits", "{:.0f}"),
+    ("UDP 64B pps", "pps_64", "{:,.0f}"),
+    ("UDP 1400B pps", "pps_1400", "{:,.0f}"),
+    ("ping RTT ms", "rtt_ms", "{:.3f}"),
+]
+
+
+def render(results: Dict[str, Dict[str, float]]) -> str:
+    vxlan = results.get("vxlan", {})
+    header = ["path"] + [title for title, _, _ in COLUMNS]
+    rows = [header]
+    for path, figures in results.items():
+        rows.append([path] + [fmt.format(figures[key]) for _, key, fmt in COLUMNS])
+        if path != "vxlan" and vxlan:
+            rows.append([f"  {path} / vxlan"] + [_ratio(figures[key], vxlan[key]) for _, key, _ in COLUMNS])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+                     for row in rows)
+
+
+def _ratio(value: float, base: float) -> str:
+    return f"{value / base:.2f}x" if base else "-"
+
+
+def run(seconds: int, paths: List[str]) -> Dict[str, Dict[str, float]]:
+    hosts = Hosts(f"fb{os.getpid() % 10000}")
+    results: Dict[str, Dict[str, float]] = {}
+    try:
+        hosts.build()
+        if "underlay" in paths:
+            results["underlay"] = measure(hosts, UNDERLAY[1], None, seconds)
+        if "vxlan" in paths:
+            setup_vxlan(hosts)
+            results["vxlan"] = measure(hosts, VXLAN[1], None, seconds)
+            teardown_vxlan(hosts)
+        if "flannelette" in paths:
+            procs = start_flannelette(hosts)
+            results["flannelette"] = measure(hosts, OVERLAY[1], OVERLAY[0], seconds)
+            for proc in procs:
+                hosts.stop(proc)
+    finally:
+        hosts.close()
+    return results
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=5, help="length of each iperf3 run (default 5)")
+    parser.add_argument("--paths", default="underlay,vxlan,flannelette", help="which paths, comma-separated")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0 or not shutil.which("iperf3"):
+        print("bench needs root and iperf3 (apt-get install iperf3)", file=sys.stderr)
+        return 2
+    results = run(args.seconds, args.paths.split(","))
+    print(render(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

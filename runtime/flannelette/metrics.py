@@ -1,0 +1,100 @@
+"""The runtime's counters in Prometheus text format, and the lease-table fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Iterable, List, Tuple
+
+from flannelette import config
+
+PREFIX = "flannelette"
+
+
+def lease_hash(leases: Iterable) -> str:
+    """A short fingerprint of a lease table; equal tables hash equal whatever their order."""
+    text = config.render_leases(sorted(leases, key=lambda lease: (lease.host, lease.subnet)))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def escape(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def labels(**pairs) -> str:
+    return "{" + ",".join(f'{k}="{escape(v)}"' for k, v in pairs.items()) + "}"
+
+
+class Exposition:
+    """Builds one scrape: each metric's HELP and TYPE once, then its samples."""
+
+    def __init__(self):
+        self.lines: List[str] = []
+
+    def metric(self, name: str, kind: str, help_text: str, samples: Iterable[Tuple[str, float]]) -> None:
+        self.lines += [f"# HELP {PREFIX}_{name} {help_text}", f"# TYPE {PREFIX}_{name} {kind}"]
+        self.lines += [f"{PREFIX}_{name}{label} {value}" for label, value in samples]
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def render(state) -> str:
+    """The /metrics page for `state` (a daemon.Runtime)."""
+    out = Exposition()
+    path = state.datapath
+    tx_p, tx_b, rx_p, rx_b = path.totals() if path else (0, 0, 0, 0)
+    out.metric("ready", "gauge", "1 when devices, rules and subnet.env are in place and packets flow.",
+               [("", int(state.ready))])
+    out.metric("packets_total", "counter", "Inner packets carried, by direction.",
+               [(labels(direction="tx"), tx_p), (labels(direction="rx"), rx_p)])
+    out.metric("bytes_total", "counter", "Inner packet bytes carried, by direction.",
+               [(labels(direction="tx"), tx_b), (labels(direction="rx"), rx_b)])
+    drops = path.drops.items() if path else ()
+    out.metric("drops_total", "counter", "Packets and datagrams dropped, by reason.",
+               [(labels(reason=reason), count) for reason, count in drops])
+    out.metric("icmp_unreachable_sent_total", "counter", "ICMP net-unreachable replies written to the TUN device.",
+               [("", path.icmp_sent if path else 0)])
+    _peers(out, path)
+    out.metric("leases", "gauge", "Leases in the loaded table, this host's included.", [("", state.lease_count)])
+    out.metric("leases_info", "gauge", "The loaded lease table's fingerprint; hosts with different hashes run different tables.",
+               [(labels(hash=state.lease_hash, host=state.own.host, subnet=state.own.subnet), 1)])
+    out.metric("reloads_total", "counter", "SIGHUP reloads of leases.json, by result.",
+               [(labels(result=k), v) for k, v in sorted(state.reloads.items())])
+    return out.text()
+
+
+def _peers(out: Exposition, path) -> None:
+    peers = path.table.peers() if path else []
+    names = ("packets_total", "bytes_total")
+    for index, name in enumerate(names):
+        samples = []
+        for peer in peers:
+            base = dict(peer=peer.host, subnet=str(peer.subnet), public_ip=str(peer.public_ip))
+            samples.append((labels(direction="tx", **base), peer.counts[index]))
+            samples.append((labels(direction="rx", **base), peer.counts[index + 2]))
+        out.metric(f"peer_{name}", "counter", f"Inner {name.split('_')[0]} carried per peer, by direction.", samples)
+
+
+def parse(text: str) -> List[Tuple[str, dict, float]]:
+    """Samples of a Prometheus text page as (name, labels, value); enough for our own pages."""
+    samples = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        name, _, rest = head.partition("{")
+        samples.append((name, _parse_labels(rest.rstrip("}")), float(value)))
+    return samples
+
+
+def _parse_labels(text: str) -> dict:
+    found, key, rest = {}, None, text
+    while rest:
+        key, _, rest = rest.partition('="')
+        value, i = [], 0
+        while rest[i] != '"':
+            value.append(rest[i + 1] if rest[i] == "\\" else rest[i])
+            i += 2 if rest[i] == "\\" else 1
+        found[key.lstrip(",")] = "".join(value).replace("\\n", "\n")
+        rest = rest[i + 1:]
+    return found

@@ -1,0 +1,321 @@
+"""Namespaces as hosts: an underlay switch, hosts running `flannelette run`, pods on cni0.
+
+Everything a test makes is named with a per-run prefix and removed by name or
+PID when the test ends, pass or fail.
+"""
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from ipaddress import IPv4Network
+
+import pytest
+
+from flannelette import metrics
+
+CLONE_NEWNET = 0x40000000
+UNDERLAY = IPv4Network("192.168.60.0/24")
+NETWORK = IPv4Network("10.244.0.0/16")
+HEALTHZ = "127.0.0.1:8286"
+OUTSIDER_IP = "192.168.60.99"
+READY_TIMEOUT = 60.0
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = None
+    if os.geteuid() != 0:
+        reason = "netns tests need root (they create network namespaces and TUN devices)"
+    elif not os.path.exists("/dev/net/tun"):
+        reason = "netns tests need /dev/net/tun"
+    elif not shutil.which("ip"):
+        reason = "netns tests need iproute2's ip"
+    if reason:
+        for item in items:
+            if "netns" in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def sh(*argv, check=True, timeout=60, **kwargs):
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()}")
+    return done
+
+
+def flannelette_command():
+    script = shutil.which("flannelette") or os.path.join(os.path.dirname(sys.executable), "flannelette")
+    return [script]
+
+
+def eventually(condition, timeout=20.0, interval=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(interval)
+    return condition()
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def in_namespace(ns, make):
+    """Run `make()` in a thread moved into namespace `ns`; sockets it creates stay there."""
+    out = {}
+
+    def enter():
+        try:
+            with open(f"/run/netns/{ns}") as f:
+                if _libc.setns(f.fileno(), CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns")
+            out["value"] = make()
+        except BaseException as e:  # handed to the caller
+            out["error"] = e
+
+    thread = threading.Thread(target=enter)
+    thread.start()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+class Notifications:
+    """A NOTIFY_SOCKET the test reads, as systemd would."""
+
+    def __init__(self, path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.seen = []
+
+    def wait_for(self, state, timeout=READY_TIMEOUT, after=0):
+        """Wait until message number > `after` contains `state`; the index of that message."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, message in enumerate(self.seen[after:], after):
+                if state in message.split("\n"):
+                    return i + 1
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {state} within {timeout}s; got {self.seen}")
+            self.sock.settimeout(remaining)
+            try:
+                self.seen.append(self.sock.recv(4096).decode())
+            except socket.timeout:
+                pass
+
+    def close(self):
+        self.sock.close()
+
+
+class Host:
+    def __init__(self, cluster, index):
+        self.cluster, self.index = cluster, index
+        self.name = f"node{index}"
+        self.ns = f"{cluster.prefix}h{index}"
+        self.public_ip = str(UNDERLAY.network_address + 10 + index)
+        self.subnet = IPv4Network(f"10.244.{index}.0/24")
+        self.gateway = str(self.subnet.network_address + 1)
+        self.subnet_file = os.path.join(cluster.workdir, f"{self.name}.env")
+        self.proc = None
+        self.log_path = os.path.join(cluster.workdir, f"{self.name}.log")
+        self.notes = None
+        self.pods = 0
+
+    def lease(self):
+        return {"host": self.name, "subnet": str(self.subnet), "public_ip": self.public_ip}
+
+    def run(self, *argv, check=True, timeout=60):
+        return sh("ip", "netns", "exec", self.ns, *argv, check=check, timeout=timeout)
+
+    def start(self, *extra, wait=True, ip_masq=True):
+        if self.notes:
+            self.notes.close()
+        socket_path = os.path.join(self.cluster.workdir, f"{self.name}-{time.monotonic_ns()}.notify")
+        self.notes = Notifications(socket_path)
+        argv = ["ip", "netns", "exec", self.ns] + flannelette_command() + [
+            "run", "--net-conf", self.cluster.net_conf, "--leases", self.cluster.leases,
+            "--public-ip", self.public_ip, "--subnet-file", self.subnet_file, "--healthz", HEALTHZ,
+        ] + (["--ip-masq"] if ip_masq else []) + list(extra)
+        env = dict(os.environ, NOTIFY_SOCKET=socket_path)
+        log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.cluster.pids.append(self.proc)
+        if wait:
+            self.wait_ready()
+        return self.proc
+
+    def wait_ready(self):
+        try:
+            self.notes.wait_for("READY=1")
+        except AssertionError:
+            raise AssertionError(f"{self.name} did not become ready:\n{self.log()}") from None
+
+    def signal(self, signum):
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout=30):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode if self.proc else None
+
+    def log(self):
+        with open(self.log_path) as f:
+            return f.read()
+
+    def fetch(self, path):
+        code = (
+            "import urllib.request, urllib.error, sys\n"
+            "try:\n"
+            f"    r = urllib.request.urlopen('http://{HEALTHZ}{path}', timeout=10); sys.stdout.write(r.read().decode())\n"
+            "except urllib.error.HTTPError as e:\n"
+            "    sys.stdout.write(e.read().decode()); sys.exit(3)\n"
+        )
+        return self.run(sys.executable, "-c", code, check=False)
+
+    def metrics(self):
+        samples = metrics.parse(self.fetch("/metrics").stdout)
+        return {(name, tuple(sorted(labels.items()))): value for name, labels, value in samples}
+
+    def drops(self, reason):
+        return self.metrics().get(("flannelette_drops_total", (("reason", reason),)), 0)
+
+    def links(self):
+        return {line.split()[0].split("@")[0] for line in self.run("ip", "-br", "link").stdout.splitlines()}
+
+    def ping(self, target, source=None, count=1, timeout=2):
+        argv = ["ping", "-c", str(count), "-W", str(timeout)] + (["-I", source] if source else []) + [target]
+        return self.run(*argv, check=False, timeout=count * timeout + 10).returncode == 0
+
+    def add_pod(self, suffix="p"):
+        """A container: a namespace on this host's cni0 with the subnet's next free address."""
+        pod = f"{self.ns}{suffix}"
+        host_end = f"{self.cluster.prefix}{self.index}{suffix}"[:15]
+        sh("ip", "netns", "add", pod)
+        self.cluster.namespaces.append(pod)
+        sh("ip", "link", "add", host_end, "netns", self.ns, "type", "veth", "peer", "name", "eth0", "netns", pod)
+        self.run("ip", "link", "set", host_end, "master", "cni0", "up")
+        self.pods += 1
+        address = str(self.subnet.network_address + 10 + self.pods)
+        for argv in (["ip", "link", "set", "lo", "up"], ["ip", "addr", "add", f"{address}/24", "dev", "eth0"],
+                     ["ip", "link", "set", "eth0", "up"], ["ip", "route", "add", "default", "via", self.gateway]):
+            sh("ip", "netns", "exec", pod, *argv)
+        return pod, address
+
+
+class Cluster:
+    """An underlay switch namespace with a bridge, and hosts plugged into it."""
+
+    def __init__(self, prefix, workdir):
+        self.prefix, self.workdir = prefix, workdir
+        self.switch = f"{prefix}sw"
+        self.namespaces, self.pids, self.hosts = [], [], []
+        self.net_conf = os.path.join(workdir, "net-conf.json")
+        self.leases = os.path.join(workdir, "leases.json")
+
+    def build(self, count, net_conf=None):
+        self._add_ns(self.switch)
+        sh("ip", "netns", "exec", self.switch, "ip", "link", "add", "br0", "type", "bridge")
+        sh("ip", "netns", "exec", self.switch, "ip", "link", "set", "br0", "up")
+        with open(self.net_conf, "w") as f:
+            json.dump(net_conf or {"Network": str(NETWORK), "Backend": {"Type": "udp"}}, f)
+        for _ in range(count):
+            self.add_host()
+        self.write_leases(self.hosts)
+        return self.hosts
+
+    def _add_ns(self, name):
+        sh("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        sh("ip", "netns", "exec", name, "ip", "link", "set", "lo", "up")
+
+    def plug(self, ns, address):
+        port = f"{ns}u"[-15:]
+        sh("ip", "link", "add", port, "netns", self.switch, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        sh("ip", "netns", "exec", self.switch, "ip", "link", "set", port, "master", "br0", "up")
+        sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{address}/24", "dev", "eth0")
+        sh("ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up")
+
+    def add_host(self):
+        host = Host(self, len(self.hosts) + 1)
+        self._add_ns(host.ns)
+        self.plug(host.ns, host.public_ip)
+        self.hosts.append(host)
+        return host
+
+    def spawn(self, ns, *argv):
+        """A background process in `ns`, stopped by PID when the test ends."""
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.pids.append(proc)
+        return proc
+
+    def ping(self, ns, target, timeout=20.0):
+        """True once `target` answers a ping from `ns`, polling up to `timeout`."""
+        return eventually(
+            lambda: sh("ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "1", target, check=False).returncode == 0,
+            timeout=timeout,
+        )
+
+    def add_outsider(self):
+        ns = f"{self.prefix}out"
+        self._add_ns(ns)
+        self.plug(ns, OUTSIDER_IP)
+        return ns
+
+    def write_leases(self, hosts, extra=None):
+        document = {"leases": [h.lease() for h in hosts] + (extra or [])}
+        temp = self.leases + ".tmp"
+        with open(temp, "w") as f:
+            json.dump(document, f)
+        os.replace(temp, self.leases)
+
+    def close(self):
+        for proc in self.pids:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        for host in self.hosts:
+            if host.notes:
+                host.notes.close()
+        for ns in reversed(self.namespaces):
+            sh("ip", "netns", "del", ns, check=False)
+
+
+_counter = [0]
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    _counter[0] += 1
+    made = Cluster(f"ft{os.getpid() % 1000}{_counter[0]}", str(tmp_path))
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture
+def three(cluster):
+    """Three hosts on the underlay, each running flannelette and ready."""
+    hosts = list(cluster.build(3))  # a copy: hosts added later join cluster.hosts only
+    for host in hosts:
+        host.start()
+    return hosts

@@ -1,0 +1,138 @@
+"""Start, crash, restart and stop: the runtime owns its kernel state and leaves none behind."""
+
+import json
+import os
+import signal
+
+import pytest
+
+pytestmark = pytest.mark.netns
+
+
+def link_index(host, name):
+    return host.run("cat", f"/sys/class/net/{name}/ifindex").stdout.strip()
+
+
+def flannel_rules(host):
+    return [line for line in host.run("iptables-save").stdout.splitlines() if "FLANNEL" in line]
+
+
+def test_kill_9_then_restart_adopts_devices_and_traffic_resumes(cluster, three):
+    a, b, _ = three
+    rules_before = flannel_rules(a)
+    bridge = link_index(a, "cni0")
+    a.proc.send_signal(signal.SIGKILL)
+    a.proc.wait(10)
+    assert "flannel0" not in a.links()  # the TUN device went with the process
+    assert not b.ping(a.gateway, source=b.gateway, timeout=1)
+
+    a.start()
+    assert cluster.ping(b.ns, a.gateway)
+    assert b.ping(a.gateway, source=b.gateway)
+    assert link_index(a, "cni0") == bridge
+    assert flannel_rules(a) == rules_before  # refilled, not duplicated
+
+
+def test_sigterm_removes_tun_and_rules_and_idle_bridge(three):
+    a = three[0]
+    assert a.stop() == 0
+    assert not {"flannel0", "cni0"} & a.links()
+    assert flannel_rules(a) == []
+    assert "stopped" in a.log()
+
+
+def test_sigterm_leaves_bridge_with_containers_attached(three):
+    a = three[0]
+    a.add_pod()
+    assert a.stop() == 0
+    links = a.links()
+    assert "flannel0" not in links and "cni0" in links
+    assert "leaving cni0 in place" in a.log()
+
+
+def test_second_start_finds_everything_right(cluster, three):
+    a, b, _ = three
+    assert a.stop() == 0
+    a.start()
+    a.stop()
+    a.start()
+    assert cluster.ping(b.ns, a.gateway)
+    assert len([r for r in flannel_rules(a) if r.startswith("-A POSTROUTING")]) == 1
+
+
+def test_second_instance_refuses_and_first_keeps_running(cluster, three):
+    a, b, _ = three
+    second = a.start(wait=False)
+    assert second.wait(60) == 1
+    assert "is another flannelette or flanneld running" in a.log()
+    assert b.ping(a.gateway, source=b.gateway)
+
+
+def test_missing_own_lease_is_refused_and_nothing_is_created(cluster):
+    hosts = cluster.build(3)
+    cluster.write_leases(hosts[1:])
+    a = hosts[0]
+    proc = a.start(wait=False)
+    assert proc.wait(60) == 1
+    log = a.log()
+    assert cluster.leases in log and a.public_ip in log and "node2 192.168.60.12" in log
+    assert not {"flannel0", "cni0"} & a.links()
+    assert flannel_rules(a) == []
+
+
+def test_invalid_net_conf_names_every_problem(cluster):
+    hosts = cluster.build(1, net_conf={"Network": "10.244.0.0/33", "Backend": {"Type": "vxlan"}})
+    proc = hosts[0].start(wait=False)
+    assert proc.wait(60) == 1
+    log = hosts[0].log()
+    assert "Network" in log and "Backend.Type" in log
+    assert "flannel0" not in hosts[0].links()
+
+
+def test_nftables_when_enabled(cluster):
+    hosts = cluster.build(2, net_conf={"Network": "10.244.0.0/16", "EnableNFTables": True, "Backend": {"Type": "udp"}})
+    for host in hosts:
+        host.start()
+    a, b = hosts
+    table = a.run("nft", "list", "table", "ip", "flannelette").stdout
+    assert "masquerade fully-random" in table and "ip saddr 10.244.0.0/16 accept" in table
+    assert flannel_rules(a) == []
+    assert cluster.ping(a.ns, b.gateway)
+    assert a.stop() == 0
+    assert "flannelette" not in a.run("nft", "list", "tables").stdout
+
+
+def test_notify_protocol(three):
+    a = three[0]
+    assert any(m.startswith("READY=1") for m in a.notes.seen)
+    a.stop()
+    a.notes.wait_for("STOPPING=1")
+
+
+def test_metrics_are_prometheus_text(three):
+    a, b, _ = three
+    assert b.ping(a.gateway, source=b.gateway)
+    page = a.fetch("/metrics").stdout
+    assert "# TYPE flannelette_drops_total counter" in page
+    assert 'flannelette_peer_packets_total{direction="rx",peer="node2"' in page
+    hashes = {json.dumps(sorted(k for k in h.metrics() if k[0] == "flannelette_leases_info")[0][1][0]) for h in three}
+    assert len(hashes) == 1  # every host runs the same table
+
+
+def test_failed_bring_up_undoes_every_finished_step(cluster):
+    a, b = cluster.build(2)
+    os.makedirs(a.subnet_file)  # subnet.env can't replace a directory: the last step before the data path fails
+    proc = a.start(wait=False)
+    assert proc.wait(60) == 1
+    assert "subnet.env" in a.log()
+    assert not {"flannel0", "cni0"} & a.links()
+    assert flannel_rules(a) == []
+
+
+def test_mtu_follows_the_public_interface(cluster):
+    a, b = cluster.build(2)
+    a.run("ip", "link", "set", "eth0", "mtu", "9000")
+    a.start("--iface", "eth0")
+    assert "mtu 8972" in a.run("ip", "link", "show", "flannel0").stdout
+    with open(a.subnet_file) as f:
+        assert "FLANNEL_MTU=8972\n" in f.read()
