@@ -1,0 +1,113 @@
+"""Facts the deploy reads from a host: a shell command and a pure parser each."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pyinfra.api import FactBase
+
+
+class Python3(FactBase):
+    """{"path": "/usr/bin/python3", "version": (3, 11, 2)}, or None without python3."""
+
+    def command(self) -> str:
+        return (
+            "command -v python3 || exit 0; "
+            "python3 -c 'import sys; print(\"%d.%d.%d\" % sys.version_info[:3])' || true"
+        )
+
+    def process(self, output) -> Optional[dict]:
+        return parse_python3(output)
+
+
+def parse_python3(lines) -> Optional[dict]:
+    lines = [line.strip() for line in lines if line.strip()]
+    if not lines:
+        return None
+    version = None
+    if len(lines) > 1:
+        try:
+            version = tuple(int(part) for part in lines[1].split("."))
+        except ValueError:
+            pass
+    return {"path": lines[0], "version": version}
+
+
+class Links(FactBase):
+    """{"mtu": {interface: MTU}, "addresses": {IPv4 address: interface}}."""
+
+    def command(self) -> str:
+        return (
+            'for f in /sys/class/net/*/mtu; do d=${f%/mtu}; echo "mtu ${d##*/} $(cat "$f")"; done; '
+            "ip -o -4 addr show 2>/dev/null || true"
+        )
+
+    def process(self, output) -> dict:
+        return parse_links(output)
+
+
+def parse_links(lines) -> dict:
+    """Parse `mtu NAME N` lines and `ip -o -4 addr show` lines."""
+    links: dict = {"mtu": {}, "addresses": {}}
+    for line in lines:
+        words = line.split()
+        if len(words) == 3 and words[0] == "mtu" and words[2].isdigit():
+            links["mtu"][words[1]] = int(words[2])
+        elif len(words) > 3 and words[2] == "inet":
+            links["addresses"][words[3].split("/")[0]] = words[1].split("@")[0]
+    return links
+
+
+def public_link(links: dict, iface: Optional[str], public_ip: str) -> tuple:
+    """(interface, MTU) the overlay runs over: `iface`, else the one holding `public_ip`.
+
+    The runtime picks the interface the same way, and its MTU - 28 is the
+    overlay MTU. Raises ValueError with a message a person can act on.
+    """
+    name = iface or links["addresses"].get(str(public_ip))
+    if name is None:
+        raise ValueError(
+            f"no interface holds flannel_public_ip {public_ip}: set flannel_iface to the interface peers reach"
+        )
+    if name not in links["mtu"]:
+        known = ", ".join(sorted(links["mtu"])) or "none"
+        raise ValueError(f"flannel_iface {name!r}: no such interface (interfaces: {known})")
+    return name, links["mtu"][name]
+
+
+class DirectoryEntries(FactBase):
+    """{path: [entry, ...]} for those of `paths` that are directories."""
+
+    def command(self, paths) -> str:
+        quoted = " ".join(f"'{p}'" for p in paths)
+        return f'for d in {quoted}; do [ -d "$d" ] && echo "{DIR_MARK}$d" && ls -A "$d"; done; true'
+
+    def default(self) -> dict:
+        return {}  # no output: none of the paths is a directory
+
+    def process(self, output) -> dict:
+        return parse_directory_entries(output)
+
+
+DIR_MARK = ">>> "
+
+
+def parse_directory_entries(lines) -> dict:
+    entries: dict = {}
+    current = None
+    for line in lines:
+        if line.startswith(DIR_MARK):
+            current = line[len(DIR_MARK):]
+            entries[current] = []
+        elif current is not None and line:
+            entries[current].append(line)
+    return entries
+
+
+def removable_directories(entries: dict, paths) -> list:
+    """Those of `paths` (deepest first) that are empty once the earlier ones are gone."""
+    gone: set = set()
+    for path in paths:
+        if path in entries and all(f"{path}/{name}" in gone for name in entries[path]):
+            gone.add(path)
+    return [p for p in paths if p in gone]

@@ -1,0 +1,76 @@
+"""Operations the stock pyinfra ones don't quite cover.
+
+`put_atomic` writes by rename, so the runtime (or a reboot) never reads half a
+file; `unit_follows` restarts or reloads a unit after the files it reads
+changed, and tells the truth about that under `--dry` too.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from pyinfra import host
+from pyinfra.api import FileUploadCommand, StringCommand, operation
+from pyinfra.api.util import get_file_sha1
+from pyinfra.facts.files import File, Sha1File
+from pyinfra.operations import systemd
+
+from deploys.facts import DirectoryEntries, removable_directories
+
+
+@operation()
+def put_atomic(src, dest: str, mode: str = "644"):
+    """Upload `src` (a path or a file-like object) to `dest` unless it already matches.
+
+    The new content goes to a temporary file beside `dest` and is renamed over it.
+    """
+    remote = host.get_fact(File, path=dest)
+    same_content = bool(remote) and host.get_fact(Sha1File, path=dest) == get_file_sha1(src)
+    if same_content and remote["mode"] == int(mode):
+        host.noop(f"{dest} is up to date")
+        return
+    if not same_content:
+        tmp = posixpath.join(posixpath.dirname(dest), f".{posixpath.basename(dest)}.tmp")
+        yield StringCommand("mkdir", "-p", posixpath.dirname(dest))
+        yield FileUploadCommand(src, tmp)
+        yield StringCommand("chmod", mode, tmp, "&&", "mv", "-f", tmp, dest)
+    else:
+        yield StringCommand("chmod", mode, dest)
+
+
+def changed(*ops):
+    """Whether any of `ops` changed the host, or, before execution (--dry), will change it.
+
+    pyinfra's `any_changed` only answers after execution, and an `_if=` is
+    only consulted then: under --dry every conditional restart would show as
+    a change. This one is evaluated inside the operation, at both stages.
+    """
+
+    def check() -> bool:
+        return any(op.did_change() if op.is_complete() else bool(op.will_change) for op in ops)
+
+    return check
+
+
+@operation()
+def unit_follows(service: str, restart_when, reload_when, daemon_reload_when):
+    """Restart `service` when `restart_when()`, else reload it when `reload_when()`.
+
+    A restart also starts a stopped unit, and replaces one caught in its
+    restart loop with the new files, where a `start` would join the old job.
+    """
+    if restart_when():
+        if daemon_reload_when():
+            yield StringCommand("systemctl", "daemon-reload")
+        yield StringCommand("systemctl", "restart", service)
+    elif reload_when():
+        yield from systemd.service._inner(service, running=True, reloaded=True)
+    else:
+        host.noop(f"{service}: nothing it reads changed")
+
+
+@operation()
+def remove_empty_dirs(paths):
+    """rmdir those of `paths` (deepest first) left empty; a directory with anything else in it stays."""
+    for path in removable_directories(host.get_fact(DirectoryEntries, paths=list(paths)), paths):
+        yield StringCommand("rmdir", path)

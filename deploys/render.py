@@ -1,0 +1,90 @@
+"""The files the deploy puts on a host, rendered from the plan with no host at hand.
+
+Each function returns the exact text of one file, so a test can compare it
+with a golden copy and pyinfra can compare it with what a host holds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jinja2
+
+from flannelette.config import Lease, NetConf, render_leases
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+# Where things live on a host.
+PYZ = "/usr/local/lib/flannelette/flannelette.pyz"
+COMMAND = "/usr/local/bin/flannelette"
+CONF_DIR = "/etc/flannelette"
+NET_CONF = f"{CONF_DIR}/net-conf.json"
+LEASES = f"{CONF_DIR}/leases.json"
+UNIT_NAME = "flannelette.service"
+UNIT = f"/etc/systemd/system/{UNIT_NAME}"
+SYSCTL = "/etc/sysctl.d/90-flannelette.conf"
+CONFLIST = "/etc/cni/net.d/10-flannelette.conflist"
+RUN_DIR = "/run/flannel"
+BRIDGE = "cni0"
+# The runtime's health and metrics endpoint, where `flannelette status` looks.
+HEALTHZ = "127.0.0.1:8286"
+# A UDP/IPv4 header around every inner packet: 20 bytes of IPv4, 8 of UDP.
+ENCAP_OVERHEAD = 28
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    autoescape=False,
+)
+
+
+def _render(template: str, **values) -> str:
+    return _env.get_template(template).render(**values)
+
+
+def render_net_conf(net_conf: NetConf) -> str:
+    """net-conf.json as the inventory gave it, in flannel's format."""
+    return json.dumps(net_conf.source, indent=2, sort_keys=True) + "\n"
+
+
+def render_lease_table(leases) -> str:
+    return render_leases(leases)
+
+
+def render_unit(python: str, public_ip, iface=None, ip_masq: bool = True) -> str:
+    return _render(
+        "flannelette.service.j2",
+        python=python,
+        pyz=PYZ,
+        net_conf=NET_CONF,
+        leases=LEASES,
+        public_ip=public_ip,
+        iface=iface,
+        ip_masq=ip_masq,
+        healthz=HEALTHZ,
+        runtime_directory=RUN_DIR.removeprefix("/run/"),
+    )
+
+
+def render_conflist(lease: Lease, mtu: int) -> str:
+    """The CNI network: containers on cni0, addresses from the host's subnet."""
+    subnet = lease.subnet
+    return _render(
+        "10-flannelette.conflist.j2",
+        bridge=BRIDGE,
+        mtu=mtu,
+        subnet=subnet,
+        gateway=lease.gateway,
+        range_start=lease.gateway + 1,
+        range_end=subnet.broadcast_address - 1,
+    )
+
+
+def render_sysctl() -> str:
+    return _render("sysctl.conf.j2")
+
+
+def overlay_mtu(link_mtu: int) -> int:
+    return link_mtu - ENCAP_OVERHEAD

@@ -1,0 +1,217 @@
+"""The overlay's deploys: validate and plan the whole inventory, then install one host.
+
+Everything a host gets is decided before the first host is touched: the plan
+is made once per run from every host of the inventory (the same code and the
+same errors as `flannelette validate`), and each host's python3 and public
+interface are read, not changed, before its first operation.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from io import StringIO
+from pathlib import Path
+from typing import Optional
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.api.exceptions import PyinfraError
+from pyinfra.facts.files import FileContents
+from pyinfra.operations import files, server, systemd
+
+from deploys import bundle, facts, ops, render
+from deploys.render import (
+    COMMAND, CONF_DIR, CONFLIST, LEASES, NET_CONF, PYZ, SYSCTL, UNIT, UNIT_NAME,
+)
+from flannelette import inventory as flannel_inventory
+from flannelette.config import ConfigError
+from flannelette.plan import Plan
+
+# Written before the runtime first turns IPv4 forwarding on, so that a
+# teardown can put the host's setting back as it found it.
+STATE_DIR = "/var/lib/flannelette"
+IP_FORWARD_BEFORE = f"{STATE_DIR}/ip_forward.before"
+IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
+# host-local keeps the addresses it handed out here, one directory per network.
+CNI_ALLOCATIONS = "/var/lib/cni/networks/flannelette"
+# Directories a deploy may have created; teardown removes them only when empty,
+# deepest first.
+CREATED_DIRS = (
+    "/etc/cni/net.d", "/etc/cni", "/var/lib/cni/networks", "/var/lib/cni",
+    os.path.dirname(PYZ), CONF_DIR, STATE_DIR,
+)
+
+
+class DeployError(PyinfraError):
+    """Stops the run before any operation executes: pyinfra prints it and exits 1."""
+
+
+# -- the plan, once per run -------------------------------------------------------
+
+
+def inventory_path() -> Optional[str]:
+    """The INVENTORY argument of the running `pyinfra` command, as pyinfra parses it.
+
+    The allocation file sits beside it (inventory/prod.py -> prod.leases.json).
+    None when pyinfra runs from the API, or the inventory isn't a file.
+    """
+    from pyinfra_cli.cli import cli
+
+    try:
+        ctx = cli.make_context("pyinfra", sys.argv[1:], resilient_parsing=True)
+    except Exception:
+        return None
+    path = ctx.params.get("inventory")
+    return path if path and os.path.isfile(path) else None
+
+
+_plans: dict = {}
+
+
+def load_plan(inventory=None, path: Optional[str] = None) -> Plan:
+    """The plan of the inventory being deployed, made once and shared by every host."""
+    inventory = inventory if inventory is not None else host.inventory
+    path = path or inventory_path() or "inventory"
+    key = (id(inventory), path)
+    if key not in _plans:
+        try:
+            _plans[key] = flannel_inventory.plan_inventory(inventory, path)
+        except ConfigError as error:
+            _plans[key] = error
+    plan = _plans[key]
+    if isinstance(plan, ConfigError):
+        raise DeployError(f"{path} is not valid; no host was changed:\n{plan}")
+    return plan
+
+
+# -- checks that read a host and change nothing ------------------------------------
+
+MIN_PYTHON = bundle.MIN_PYTHON
+
+
+def require_python3() -> str:
+    """Path of the host's python3, or a DeployError naming the host and what it has."""
+    found = host.get_fact(facts.Python3)
+    need = ".".join(map(str, MIN_PYTHON))
+    if not found:
+        raise DeployError(f"{host.name}: no python3 found; the flannelette runtime needs python3 >= {need}")
+    version = found["version"]
+    if version is None or version[:2] < MIN_PYTHON:
+        have = ".".join(map(str, version)) if version else "of unknown version"
+        raise DeployError(f"{host.name}: {found['path']} is Python {have}; the flannelette runtime needs >= {need}")
+    return found["path"]
+
+
+def overlay_mtu(plan: Plan) -> int:
+    """The MTU containers get: the public interface's, less the 28 bytes of UDP/IPv4."""
+    spec = plan.host(host.name)
+    try:
+        _, mtu = facts.public_link(host.get_fact(facts.Links), spec.iface, spec.public_ip)
+    except ValueError as error:
+        raise DeployError(f"{host.name}: {error}") from None
+    return render.overlay_mtu(mtu)
+
+
+# -- the deploys -------------------------------------------------------------------
+
+
+@deploy("flannelette overlay")
+def overlay(plan: Plan, runtime: Optional[Path] = None):
+    """Put the runtime, its files and its unit on this host; start, reload or restart it."""
+    python = require_python3()
+    mtu = overlay_mtu(plan)
+    runtime_op = install_runtime(runtime or bundle.build_once())
+    net_conf, leases = write_config(plan)
+    unit = write_unit(plan, python)
+    write_host_files(plan, mtu)
+    remember_ip_forward()
+    ops.unit_follows(
+        name="Restart flannelette if the runtime, net-conf or unit changed, else reload it if leases changed",
+        service=UNIT_NAME,
+        restart_when=ops.changed(runtime_op, net_conf, unit),
+        reload_when=ops.changed(leases),
+        daemon_reload_when=ops.changed(unit),
+    )
+    systemd.service(
+        name="Keep flannelette running and enabled at boot",
+        service=UNIT_NAME,
+        running=True,
+        enabled=True,
+    )
+
+
+def install_runtime(pyz: Path):
+    op = ops.put_atomic(name="Install the flannelette runtime (zipapp)", src=str(pyz), dest=PYZ, mode="755")
+    files.link(name=f"Link {COMMAND} to the runtime", path=COMMAND, target=PYZ)
+    return op
+
+
+def write_config(plan: Plan) -> tuple:
+    net_conf = ops.put_atomic(
+        name=f"Write {NET_CONF}", src=StringIO(render.render_net_conf(plan.net_conf)), dest=NET_CONF
+    )
+    leases = ops.put_atomic(
+        name=f"Write {LEASES} (the same on every host)",
+        src=StringIO(render.render_lease_table(plan.leases)),
+        dest=LEASES,
+    )
+    return net_conf, leases
+
+
+def write_unit(plan: Plan, python: str):
+    spec = plan.host(host.name)
+    text = render.render_unit(python, spec.public_ip, spec.iface, spec.ip_masq)
+    return ops.put_atomic(name=f"Write {UNIT}", src=StringIO(text), dest=UNIT)
+
+
+def write_host_files(plan: Plan, mtu: int) -> None:
+    ops.put_atomic(name=f"Persist IPv4 forwarding in {SYSCTL}", src=StringIO(render.render_sysctl()), dest=SYSCTL)
+    conflist = render.render_conflist(plan.lease_for(host.name), mtu)
+    ops.put_atomic(name=f"Write the CNI network {CONFLIST} (MTU {mtu})", src=StringIO(conflist), dest=CONFLIST)
+
+
+def remember_ip_forward() -> None:
+    """Record the host's IPv4 forwarding setting once, before the runtime first sets it."""
+    if host.get_fact(FileContents, path=IP_FORWARD_BEFORE) is None:
+        found = (host.get_fact(FileContents, path=IP_FORWARD) or ["0"])[0].strip()
+        ops.put_atomic(
+            name=f"Remember IPv4 forwarding as found ({found}), for teardown",
+            src=StringIO(found + "\n"),
+            dest=IP_FORWARD_BEFORE,
+        )
+
+
+# -- teardown ----------------------------------------------------------------------
+
+
+@deploy("flannelette teardown")
+def teardown():
+    """Stop and remove the overlay: the host as it was before the first deploy.
+
+    Stopping the runtime removes what it made in the kernel (flannel0, its
+    rules, cni0 once nothing is attached, /run/flannel); this removes the files.
+    """
+    systemd.service(name="Stop flannelette and disable it at boot", service=UNIT_NAME, running=False, enabled=False)
+    unit = files.file(name=f"Remove {UNIT}", path=UNIT, present=False)
+    systemd.daemon_reload(name="Forget the flannelette unit", _if=unit.did_change)
+    for path in (CONFLIST, SYSCTL, NET_CONF, LEASES, PYZ):
+        files.file(name=f"Remove {path}", path=path, present=False)
+    files.link(name=f"Remove {COMMAND}", path=COMMAND, present=False)
+    files.directory(name=f"Remove {CNI_ALLOCATIONS} (host-local's addresses)", path=CNI_ALLOCATIONS, present=False)
+    restore_ip_forward()
+    ops.remove_empty_dirs(name="Remove the directories the deploy created, if empty", paths=CREATED_DIRS)
+
+
+def restore_ip_forward() -> None:
+    before = host.get_fact(FileContents, path=IP_FORWARD_BEFORE)
+    if before is None:
+        return
+    value = before[0].strip() if before else ""
+    now = (host.get_fact(FileContents, path=IP_FORWARD) or [""])[0].strip()
+    if value in ("0", "1") and value != now:
+        server.shell(
+            name=f"Put IPv4 forwarding back as found ({value})",
+            commands=[f"echo {value} > {IP_FORWARD}"],
+        )
+    files.file(name=f"Remove {IP_FORWARD_BEFORE}", path=IP_FORWARD_BEFORE, present=False)

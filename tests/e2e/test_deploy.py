@@ -1,0 +1,220 @@
+"""The deploy end to end: the real `pyinfra` command over SSH on booted lab hosts.
+
+One lab of its own (name "deploy", underlay 192.168.59.0/24) goes through the
+life of a fleet, test by test, in order: a fresh deploy, a run that changes
+nothing, a fourth host joining while a TCP stream flows, a broken net-conf
+stopped before any host is touched, and a teardown that leaves every host as
+it was before the first deploy. The lab is taken down even when a test fails.
+"""
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from deploys import demo
+from lab import Lab
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+LAB_NAME, LAB_NETWORK = "deploy", "192.168.59.0/24"
+NETNS = "e2e"
+TIMINGS: dict = {}
+# What of a host the overlay may touch, listed so a teardown can be compared
+# with the host before the first deploy. Counters and iptables-save's dated
+# comments are dropped; empty built-in chains are not flannelette's.
+SNAPSHOT = r"""
+find /etc /usr/local /var/lib/cni /var/lib/flannelette /run/flannel -xdev -printf '%p %s %m\n' 2>/dev/null | sort
+echo '-- links'; ip -br link | awk '{print $1, $3}'
+echo '-- addresses'; ip -br addr
+echo '-- routes'; ip route
+echo '-- rules'; iptables-save 2>/dev/null | grep -E '^(-A|:[^ ]+ - )' | sed 's/\[[0-9]*:[0-9]*\]//'
+echo '-- nft'; nft list ruleset 2>/dev/null | grep -ci flannel
+echo '-- sysctl'; cat /proc/sys/net/ipv4/ip_forward
+echo '-- unit'; systemctl is-active flannelette; systemctl is-enabled flannelette 2>&1
+"""
+DEPLOYED_FILES = (
+    "/usr/local/lib/flannelette/flannelette.pyz /etc/flannelette/net-conf.json /etc/flannelette/leases.json "
+    "/etc/systemd/system/flannelette.service /etc/cni/net.d/10-flannelette.conflist /etc/sysctl.d/90-flannelette.conf"
+)
+
+
+class Fleet:
+    """The lab, its inventory beside a copy of group_data, and the commands run on it."""
+
+    def __init__(self, lab, directory: Path):
+        self.lab = lab
+        self.inventory = directory / "e2e.py"
+        self.group_data = directory / "group_data" / "all.py"
+        self.group_data.parent.mkdir(parents=True)
+        shutil.copy(ROOT / "inventory" / "group_data" / "all.py", self.group_data)
+        self.before: dict = {}
+        self.addresses: dict = {}
+
+    def hosts(self) -> list:
+        return [name for name, _ in self.lab.hosts()]
+
+    def up(self, count: int) -> None:
+        """Boot hosts up to `count`, note how each looks before any deploy, refresh the inventory."""
+        self.lab.up(hosts=count)
+        for name in self.hosts():
+            self.before.setdefault(name, self.snapshot(name))
+        shutil.copy(self.lab.inventory_path, self.inventory)
+        demo.allocate(str(self.inventory))
+
+    def deploy(self, script: str = "deploys/overlay.py") -> subprocess.CompletedProcess:
+        started = time.monotonic()
+        result = demo.deploy(str(self.inventory), script)
+        result.seconds = time.monotonic() - started
+        result.output = result.stdout + result.stderr
+        return result
+
+    def run(self, host: str, command: str) -> str:
+        proc = self.lab.run(host, command, timeout=120)
+        assert proc.returncode == 0, f"{host}: {command}: {proc.stdout}{proc.stderr}"
+        return proc.stdout.strip()
+
+    def snapshot(self, host: str) -> str:
+        return self.lab.run(host, SNAPSHOT).stdout
+
+    def main_pid(self, host: str) -> str:
+        return self.run(host, "systemctl show -p MainPID --value flannelette")
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """The lab, taken down even when a test fails; tests/e2e/conftest.py skips
+    the tier, saying why, where the machine can't run one."""
+    lab = Lab(name=LAB_NAME, network=LAB_NETWORK, log=lambda _: None)
+    try:
+        the_fleet = Fleet(lab, tmp_path_factory.mktemp("inventory"))
+        the_fleet.up(3)
+        yield the_fleet
+    finally:
+        lab.down()
+        if TIMINGS:
+            print("\ndeploy timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in TIMINGS.items()), file=sys.stderr)
+
+
+def changed_hosts(output: str) -> set:
+    """Hosts on which any operation changed something (pyinfra prints `[host] Success`)."""
+    return set(re.findall(r"\[(node\d+)\] Success", output))
+
+
+def test_fresh_deploy_connects_every_host(fleet):
+    result = fleet.deploy()
+    TIMINGS["fresh deploy, 3 hosts"] = result.seconds
+    assert result.returncode == 0, result.output
+    for host in fleet.hosts():
+        assert fleet.run(host, "systemctl is-active flannelette") == "active"
+        assert "ready" in fleet.run(host, "flannelette status").splitlines()[0]  # the linked zipapp, healthz
+        fleet.addresses[host] = demo.attach(fleet.lab, host, NETNS)
+    reached = demo.reachability(fleet.lab, fleet.addresses, NETNS)
+    assert all(reached.values()), demo.render_matrix(fleet.addresses, reached, NETNS)
+    hosts = fleet.hosts()
+    for source, target in zip(hosts, hosts[1:] + hosts[:1]):
+        assert demo.tcp_transfer(fleet.lab, source, target, fleet.addresses[target], NETNS), f"{source} -> {target}"
+
+
+def test_the_same_deploy_again_changes_nothing(fleet):
+    pids = {host: fleet.main_pid(host) for host in fleet.hosts()}
+    result = fleet.deploy()
+    TIMINGS["no-change re-run, 3 hosts"] = result.seconds
+    assert result.returncode == 0, result.output
+    assert changed_hosts(result.output) == set(), result.output
+    assert {host: fleet.main_pid(host) for host in fleet.hosts()} == pids
+
+
+def test_dry_run_shows_no_change_either(fleet):
+    rows = dry_run(fleet)
+    assert len(rows) >= 9 and all(change == "-" for change in rows.values()), rows
+
+
+def dry_run(fleet) -> dict:
+    """{operation: hosts it would change} from `pyinfra INVENTORY deploys/overlay.py --dry`."""
+    argv = [sys.executable, "-m", "pyinfra", str(fleet.inventory), "deploys/overlay.py", "--dry"]
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return dict(detected_changes(result.stdout + result.stderr))
+
+
+def change_of(rows: dict, operation: str) -> str:
+    return next(change for name, change in rows.items() if operation in name)
+
+
+def detected_changes(output: str) -> list:
+    """(operation, number of hosts it would change or "-") rows of pyinfra's "Detected changes" table."""
+    table = output.split("--> Detected changes:")[1].split("Detected changes may not")[0]
+    cells = [re.split(r"\s{2,}", line.strip()) for line in table.splitlines()[2:]]
+    return [(row[0], row[1].split()[0]) for row in cells if len(row) >= 2]
+
+
+def test_a_new_host_joins_while_the_others_reload_and_a_stream_survives(fleet):
+    server, client = "node2", "node1"
+    pids = {host: fleet.main_pid(host) for host in fleet.hosts()}
+    fleet.run(server, f"ip netns exec {NETNS} iperf3 -s -1 -D -p 5302 -I /run/iperf3-e2e.pid")
+    stream = (
+        f"ip netns exec {NETNS} iperf3 -c {fleet.addresses[server]} -p 5302 -t 15 -J > /run/iperf3-e2e.json 2>&1; "
+        "echo $? > /run/iperf3-e2e.rc"
+    )
+    fleet.run(client, f"rm -f /run/iperf3-e2e.rc; setsid sh -c '{stream}' > /dev/null 2>&1 < /dev/null &")
+    try:
+        time.sleep(2)
+        fleet.up(4)
+        would = dry_run(fleet)
+        assert change_of(would, "Write /etc/flannelette/leases.json") == "4", would  # every host's table
+        assert change_of(would, "Write /etc/flannelette/net-conf.json") == "1", would  # node4's only
+        result = fleet.deploy()
+        assert result.returncode == 0, result.output
+        assert fleet.run("node4", "systemctl is-active flannelette") == "active"
+        assert {host: fleet.main_pid(host) for host in pids} == pids
+        for host in pids:
+            assert "Reloaded" in fleet.run(host, "journalctl -u flannelette --no-pager -o cat | tail -n 20")
+        fleet.run(client, "for i in $(seq 30); do test -f /run/iperf3-e2e.rc && break; sleep 1; done")
+        assert fleet.run(client, "cat /run/iperf3-e2e.rc") == "0", fleet.run(client, "cat /run/iperf3-e2e.json")
+        intervals = fleet.run(client, "python3 -c \"import json; d = json.load(open('/run/iperf3-e2e.json')); "
+                                      "print(*[int(i['sum']['bytes']) for i in d['intervals']])\"").split()
+        assert len(intervals) >= 14 and all(int(b) > 0 for b in intervals), intervals
+    finally:
+        fleet.lab.run(server, "test -f /run/iperf3-e2e.pid && kill $(cat /run/iperf3-e2e.pid); rm -f /run/iperf3-e2e.*")
+        fleet.lab.run(client, "rm -f /run/iperf3-e2e.*")
+    fleet.addresses["node4"] = demo.attach(fleet.lab, "node4", NETNS)
+    reached = demo.reachability(fleet.lab, fleet.addresses, NETNS)
+    assert all(reached.values()), demo.render_matrix(fleet.addresses, reached, NETNS)
+
+
+def test_a_net_conf_error_stops_the_deploy_before_any_host_is_touched(fleet):
+    def deployed():
+        return {host: fleet.run(host, f"sha1sum {DEPLOYED_FILES}; systemctl show -p MainPID flannelette")
+                for host in fleet.hosts()}
+
+    before = deployed()
+    good = fleet.group_data.read_text()
+    fleet.group_data.write_text(good.replace('"Network": "10.244.0.0/16",', '"Network": "10.244.0.0/16", "SubnetLen": 33,'))
+    try:
+        validate = subprocess.run([sys.executable, "-m", "flannelette.cli", "validate", str(fleet.inventory)],
+                                  cwd=ROOT, capture_output=True, text=True)
+        result = fleet.deploy()
+    finally:
+        fleet.group_data.write_text(good)
+    assert validate.returncode == 1
+    assert result.returncode == 1, result.output
+    assert validate.stderr.strip() in result.output
+    assert "Beginning operation run" not in result.output
+    assert deployed() == before
+
+
+def test_teardown_leaves_every_host_as_it_was_before_the_first_deploy(fleet):
+    for host in fleet.hosts():
+        demo.detach(fleet.lab, host, NETNS)
+    result = fleet.deploy("deploys/teardown.py")
+    assert result.returncode == 0, result.output
+    for host in fleet.hosts():
+        assert fleet.snapshot(host) == fleet.before[host], host
+    again = fleet.deploy("deploys/teardown.py")
+    assert again.returncode == 0 and changed_hosts(again.output) == set(), again.output
