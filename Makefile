@@ -15,6 +15,12 @@ unit: $(VENV)/.installed
 
 setup: system-packages $(VENV)/.installed
 
+demo: setup
+	$(PY) -m deploys.demo
+
+bench: setup
+	$(PY) -m bench
+
 lab-up: setup
 	$(PY) -m lab up
 

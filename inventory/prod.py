@@ -9,7 +9,7 @@
 #   flannel_subnet     a static subnet for this host, inside SubnetMin..SubnetMax;
 #                      hosts without one get theirs from prod.leases.json
 #   flannel_iface      the public interface, whose MTU - 28 is the overlay MTU;
-#                      defaults to the interface of the default route
+#                      defaults to the interface holding flannel_public_ip
 #   flannel_ip_masq    masquerade traffic leaving the overlay (default True)
 #
 # The network itself (flannel_net_conf) is in group_data/all.py.

@@ -121,7 +121,7 @@ def render_table(plan) -> str:
     rows = [("HOST", "PUBLIC IP", "SUBNET", "GATEWAY", "MTU SOURCE")]
     for lease in plan.leases:
         host = plan.host(lease.host)
-        mtu = f"{host.iface} MTU - 28" if host.iface else "default route's interface MTU - 28"
+        mtu = f"{host.iface} MTU - 28" if host.iface else "MTU of the interface holding the public IP - 28"
         name = lease.host + (" (new)" if lease.host in plan.new else "")
         rows.append((name, str(lease.public_ip), str(lease.subnet), str(lease.gateway), mtu))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
