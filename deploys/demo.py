@@ -30,11 +30,14 @@ def deploy(inventory: str, script: str = "deploys/overlay.py", *extra: str) -> s
 
 
 def allocate(inventory: str) -> None:
-    """`flannelette plan INVENTORY --write`: subnets for hosts that have none yet."""
-    from flannelette import cli
+    """`flannelette plan INVENTORY --write`: subnets for hosts that have none yet.
 
-    if cli.main(["plan", inventory, "--write"]) != 0:
-        raise RuntimeError(f"flannelette plan {inventory} --write failed")
+    A process of its own, as for a person: loading an inventory imports pyinfra's
+    CLI, which monkey-patches the interpreter for gevent."""
+    argv = [sys.executable, "-m", "flannelette", "plan", inventory, "--write"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"flannelette plan {inventory} --write failed:\n{done.stderr}")
 
 
 def _cnichain(args: str) -> str:

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from flannelette import cli
-
 ROOT = Path(__file__).resolve().parents[2]
 NET_CONF = {"Network": "10.244.0.0/16", "Backend": {"Type": "udp", "Port": 8285}}
 
@@ -31,7 +29,8 @@ def host(index: int, python: str = "3.11.2", **data) -> tuple:
 def write_inventory(path: Path, hosts: list, allocate: bool = True) -> str:
     path.write_text(f"hosts = {hosts!r}\n")
     if allocate:
-        assert cli.main(["plan", str(path), "--write"]) == 0
+        plan = subprocess.run([sys.executable, "-m", "flannelette", "plan", str(path), "--write"], capture_output=True)
+        assert plan.returncode == 0, plan.stderr
     return str(path)
 
 
@@ -88,15 +87,16 @@ def test_an_old_python3_on_one_host_stops_the_run_naming_host_and_version(tmp_pa
     assert "Beginning operation run" not in result.output
 
 
-def test_the_inventory_argument_is_found_among_pyinfras_options(tmp_path, monkeypatch):
-    from deploys import tasks
-
+def test_the_inventory_argument_is_found_among_pyinfras_options(tmp_path):
     inventory = write_inventory(tmp_path / "fleet.py", [host(1)], allocate=False)
-    argv = ["pyinfra", "-y", "--limit", "node1", "-vv", inventory, "deploys/overlay.py", "--dry"]
-    monkeypatch.setattr(sys, "argv", argv)
-    assert tasks.inventory_path() == inventory
-    monkeypatch.setattr(sys, "argv", ["pytest", "-q"])
-    assert tasks.inventory_path() is None
+    # In a process of its own: pyinfra's CLI, which parses the arguments, patches the interpreter.
+    probe = "import sys; from deploys import tasks; sys.argv = sys.argv[1:]; print(tasks.inventory_path())"
+    for argv, found in (
+        (["pyinfra", "-y", "--limit", "node1", "-vv", inventory, "deploys/overlay.py", "--dry"], inventory),
+        (["pytest", "-q"], "None"),
+    ):
+        done = subprocess.run([sys.executable, "-c", probe, *argv], cwd=ROOT, capture_output=True, text=True)
+        assert done.stdout.strip() == found, done.stderr
 
 
 def test_teardown_needs_no_plan_and_runs_on_a_host_without_the_overlay(tmp_path):
