@@ -32,6 +32,12 @@ SOCKET_BUFFER = 4 << 20  # room for bursts at line rate while a loop waits for t
 # the default 500 absorbs bursts instead of dropping them into TCP retransmits.
 TUN_QUEUE = 5000
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # Linux: as root, past net.core.*mem_max
+# Fast-mode datagrams are larger than the underlay's MTU: the kernel fragments
+# them, which it does only with DF clear.
+IP_MTU_DISCOVER, IP_PMTUDISC_DONT = 10, 0
+# The largest TCP super-packet flannel0 hands over: with the 10-byte virtio-net
+# header it must fit one UDP datagram (65507 bytes of payload).
+TUN_GSO_MAX_SIZE = 65000
 JOURNAL_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
@@ -98,7 +104,8 @@ class Runtime:
         self.undo: List[Tuple[str, Callable[[], None]]] = []
 
     def _table(self, leases, previous=None) -> LeaseTable:
-        table = LeaseTable(self.own, leases, self.net_conf.subnet_len, self.net_conf.port, previous)
+        table = LeaseTable(self.own, leases, self.net_conf.subnet_len, self.net_conf.port, previous,
+                           force_flannel=self.net_conf.wire == config.WIRE_FLANNEL)
         self.lease_hash, self.lease_count = metrics.lease_hash(leases), len(leases)
         return table
 
@@ -156,6 +163,7 @@ class Runtime:
                 sock.setsockopt(socket.SOL_SOCKET, forced, SOCKET_BUFFER)
             except OSError:  # without CAP_NET_ADMIN: as much as net.core.*mem_max allows
                 sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
         try:
             sock.bind((str(self.public_ip), self.net_conf.port))
         except OSError as e:
@@ -180,9 +188,20 @@ class Runtime:
         self.undo.append((TUN_NAME, lambda: self._close_tun()))
         index = netlink.link_index(ipr, TUN_NAME)
         netlink.tune_tun_sysctls(TUN_NAME)
+        netlink.limit_gso(ipr, index, TUN_GSO_MAX_SIZE)
         netlink.ensure_up(ipr, index, self.mtu, TUN_QUEUE)
+        self._set_offload(self.table.fast)
         netlink.ensure_addresses(ipr, index, [IPv4Interface((self.own.subnet.network_address, 32))])
         netlink.ensure_route(ipr, self.net_conf.network, index)
+
+    def _set_offload(self, fast: bool) -> None:
+        tun.set_offload(self.tun_fd, fast)
+        log.info("%s format to peers%s", "fast" if fast else "flannel's", "" if fast else self._why_flannel())
+
+    def _why_flannel(self) -> str:
+        if self.net_conf.wire == config.WIRE_FLANNEL:
+            return " (Backend.Wire is flannel)"
+        return " (the lease table holds a flanneld host)"
 
     def _close_tun(self) -> None:
         os.close(self.tun_fd)
@@ -242,7 +261,13 @@ class Runtime:
         old = self.datapath.table
         table = self._table(leases, previous=old)
         before, after = set(old.peers_by_identity()), set(table.peers_by_identity())
+        # Offloads off before the table stops sending the fast format, on after it
+        # starts, so no TCP super-packet is read for a table that can't carry it.
+        if old.fast and not table.fast:
+            self._set_offload(False)
         self.datapath.update_table(table)
+        if table.fast and not old.fast:
+            self._set_offload(True)
         self.reloads["ok"] += 1
         for identity in sorted(after - before, key=str):
             log.info("peer added: %s %s via %s", identity[0], identity[1], identity[2])

@@ -1,4 +1,9 @@
-"""The packet loop: flannel0 to UDP and UDP to flannel0, one inner IPv4 packet per datagram.
+"""The packet loop: flannel0 to UDP and UDP to flannel0.
+
+Between flannelette hosts each datagram carries what flannel0 hands over, a
+TCP super-packet of up to 64 KB included (flannelette.vnet); to a flanneld
+host, one inner IPv4 packet per datagram. Both formats are accepted from any
+peer.
 
 The rest of the runtime sees only `DataPath(...)`, `start()`, `stop()`,
 `update_table()` and the counters, so a faster implementation can replace
@@ -17,7 +22,7 @@ import threading
 from ipaddress import IPv4Address
 from typing import Dict, List
 
-from flannelette import packet
+from flannelette import packet, vnet
 from flannelette.coalesce import HEADERS, PLAIN, VNET_HDR_LEN, Coalescer
 from flannelette.packet import LeaseTable
 
@@ -35,7 +40,7 @@ ANCILLARY_SPACE = socket.CMSG_SPACE(GRO_SIZE.size)
 BATCH_BYTES = 60000  # under the 64 KiB a UDP send can carry, however the packets divide it
 MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS before Linux 6.2
 NOT_IPV4 = "not_ipv4"
-DROP_REASONS = packet.DROP_REASONS + (NOT_IPV4,)
+DROP_REASONS = packet.DROP_REASONS + (NOT_IPV4,) + vnet.DROP_REASONS
 # Per-packet warnings: at most this many per reason per interval, then a summary.
 WARN_BURST, WARN_INTERVAL = 5, 60.0
 
@@ -153,7 +158,9 @@ class DataPath:
         buf = bytearray(BATCH_BYTES + BUFFER_SIZE)
         view = memoryview(buf)
         readv, fd = os.readv, self.tun_fd
-        iov = [bytearray(VNET_HDR_LEN), view]
+        header = bytearray(VNET_HDR_LEN)
+        iov = [header, view]
+        send_fast, offloaded = self._send_fast, vnet.offloaded
         destination, check, pack_check = DESTINATION.unpack_from, CHECKSUM.unpack_from, CHECKSUM.pack_into
         wait = self._poller(self.tun_fd).poll
         flush = self._flush
@@ -183,6 +190,15 @@ class DataPath:
             buf[end + 8] = ttl - 1
             total = (~check(buf, end + 10)[0] & 0xFFFF) + 0xFEFF  # RFC 1624, as packet.decrement_ttl
             pack_check(buf, end + 10, ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF)
+            if table.fast:  # the packet as flannel0 gave it, however large: the peer's kernel does the rest
+                if count:
+                    flush(view, end, count, size, peer)
+                send_fast(header, view[end:end + n], to)
+                end = count = 0
+                continue
+            if offloaded(header):
+                self._drop(vnet.OFFLOAD_TO_PLAIN_PEER, "%d bytes to %s need the kernel's offloads", n, to.host)
+                continue
             if count and (to is not peer or n > size):
                 flush(view, end, count, size, peer)  # this packet can't join: send the batch
                 buf[:n] = buf[end:end + n]
@@ -215,6 +231,19 @@ class DataPath:
         counts[0] += count
         counts[1] += end
         return None
+
+    def _send_fast(self, header, data, peer) -> None:
+        # One datagram, which the kernel fragments on the underlay and
+        # reassembles at the peer (the socket does not set DF).
+        try:
+            self.sock.sendmsg([header, data], (), 0, peer.address)
+        except OSError as e:
+            self.drops[packet.SEND_FAILED] += 1
+            self.warnings.warn(packet.SEND_FAILED, "%d bytes to %s (%s): %s", len(data), peer.host, peer.address[0], e.strerror)
+            return
+        counts = peer.counts
+        counts[0] += 1
+        counts[1] += len(data)
 
     def _send_each(self, view, end: int, size: int, peer) -> None:
         sendto, address = self.sock.sendto, peer.address
@@ -264,6 +293,13 @@ class DataPath:
             fields = headers(view, start) if n >= HEADERS.size else None
             if fields is None or not (fields[0] == 0x45 and fields[2] == n <= mtu and fields[5] > 1
                                       and fields[8] >> shift == source_key and fields[9] >> shift == own_key):
+                if vnet.is_fast(view[start]):
+                    coalescer.flush()  # in order with what went before
+                    if self._deliver_fast(table, view[start:start + n], n, sender):
+                        delivered += 1
+                        carried += n - VNET_HDR_LEN
+                    start += n
+                    continue
                 if not self._acceptable(table, view[start:start + n], n, sender):
                     start += n
                     continue
@@ -276,6 +312,18 @@ class DataPath:
         counts = peer.counts
         counts[2] += delivered
         counts[3] += carried
+
+    def _deliver_fast(self, table, frame, n: int, sender) -> bool:
+        """Check a fast-mode datagram and write it into the TUN device as it came, TTL aside."""
+        inner = frame[VNET_HDR_LEN:]
+        problem = vnet.problem(frame, n, self.mtu) or table.sender_problem(sender[0], inner)
+        if problem is None and inner[8] <= 1:
+            problem = packet.TTL_EXPIRED
+        if problem is not None:
+            self._drop(problem, "%d bytes (fast format) from %s:%d", n, sender[0], sender[1])
+            return False
+        packet.decrement_ttl(inner)  # in the one header the kernel copies into every segment
+        return self._write_tun(frame)
 
     def _acceptable(self, table, data, n: int, sender) -> bool:
         """The full check, for a packet the inline one did not pass; drops and counts it when bad."""

@@ -91,6 +91,12 @@ def ensure_route(ipr, destination: IPv4Network, index: int) -> None:
     ipr.route("replace", dst=str(destination.network_address), dst_len=destination.prefixlen, oif=index)
 
 
+def limit_gso(ipr, index: int, size: int) -> None:
+    """Keep the link's GSO packets at most `size` bytes."""
+    if ipr.get_links(index)[0].get_attr("IFLA_GSO_MAX_SIZE") != size:
+        ipr.link("set", index=index, gso_max_size=size)
+
+
 def bridge_ports(ipr, index: int) -> List[str]:
     return [link.get_attr("IFLA_IFNAME") for link in ipr.get_links() if link.get_attr("IFLA_MASTER") == index]
 
