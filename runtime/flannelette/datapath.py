@@ -233,17 +233,31 @@ class DataPath:
         return None
 
     def _send_fast(self, header, data, peer) -> None:
-        # One datagram, which the kernel fragments on the underlay and
-        # reassembles at the peer (the socket does not set DF).
+        # A super-packet is cut by the kernel (UDP_SEGMENT) into datagrams the
+        # underlay carries whole, the last one always shorter, so the peer's
+        # UDP_GRO hands the frame over in one read, and ends the read there.
+        # Between namespaces it never even leaves the kernel as datagrams.
+        # Anything else, or without UDP_SEGMENT, leaves as one datagram, which
+        # the kernel fragments when it must (the socket does not set DF).
+        length = VNET_HDR_LEN + len(data)
         try:
-            self.sock.sendmsg([header, data], (), 0, peer.address)
+            if header[1] and length > self.mtu and self.gso:
+                chunk = self.mtu if length % self.mtu else self.mtu - 4
+                self.sock.sendmsg([header, data], [(SOL_UDP, UDP_SEGMENT, SEGMENT.pack(chunk))], 0, peer.address)
+            else:
+                self.sock.sendmsg([header, data], (), 0, peer.address)
         except OSError as e:
+            if e.errno in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT) and self.gso and header[1]:
+                log.info("UDP segmentation offload unavailable (%s); sending one datagram per call", e.strerror)
+                self.gso = False
+                return self._send_fast(header, data, peer)
             self.drops[packet.SEND_FAILED] += 1
             self.warnings.warn(packet.SEND_FAILED, "%d bytes to %s (%s): %s", len(data), peer.host, peer.address[0], e.strerror)
-            return
+            return None
         counts = peer.counts
         counts[0] += 1
         counts[1] += len(data)
+        return None
 
     def _send_each(self, view, end: int, size: int, peer) -> None:
         sendto, address = self.sock.sendto, peer.address
@@ -295,6 +309,7 @@ class DataPath:
                                       and fields[8] >> shift == source_key and fields[9] >> shift == own_key):
                 if vnet.is_fast(view[start]):
                     coalescer.flush()  # in order with what went before
+                    n = vnet.span(view, start, n, got)
                     if self._deliver_fast(table, view[start:start + n], n, sender):
                         delivered += 1
                         carried += n - VNET_HDR_LEN

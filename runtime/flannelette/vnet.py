@@ -48,6 +48,19 @@ def offloaded(header) -> bool:
     return bool(header[0] & F_NEEDS_CSUM or header[1])
 
 
+def span(view, start: int, datagram: int, read: int) -> int:
+    """How many bytes of a read, from `start`, the frame there takes.
+
+    A frame is one datagram, unless it claims more bytes than that: then the
+    sender cut it into datagrams (UDP_SEGMENT) and the rest of the read, which
+    UDP_GRO ends at the frame's shorter last datagram, is its. A frame with a
+    datagram missing has a length that doesn't match, and `problem` says so.
+    """
+    if read - start >= VNET_HDR_LEN + 4 and TOTAL_LENGTH.unpack_from(view, start + VNET_HDR_LEN + 2)[0] + VNET_HDR_LEN > datagram:
+        return read - start
+    return datagram
+
+
 def problem(frame, length: int, mtu: int) -> Optional[str]:
     """Why the first `length` bytes of `frame` are not one well-formed fast-mode datagram, or None.
 

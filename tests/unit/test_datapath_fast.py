@@ -1,10 +1,13 @@
 """The packet loop in fast mode: TCP super-packets cross as they are, behind their virtio-net header."""
 
+import struct
+
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from flannelette import packet, vnet
 from ipv4_packets import ipv4, tcp
+from flannelette.datapath import SOL_UDP, UDP_GRO, UDP_SEGMENT
 from test_datapath import MTU, OTHER, OWN, PEER, Rig, eventually
 
 GSO = vnet.VNET_HDR.pack(vnet.F_NEEDS_CSUM, vnet.GSO_TCPV4, 52, 1420, 20, 16)
@@ -27,12 +30,39 @@ def decremented(data):
     return bytes(expected)
 
 
-def test_a_super_packet_leaves_as_one_datagram_with_its_header(rig):
+def test_a_super_packet_leaves_cut_into_datagrams_the_underlay_carries(rig):
     big = super_packet()
+    rig.peer.setsockopt(SOL_UDP, UDP_GRO, 1)  # as the peer's runtime reads them: in one coalesced read
     rig.tun_send(big, GSO)
-    data = rig.peer.recv(70000)
+    data, ancillary, _, _ = rig.peer.recvmsg(70000, 64)
     assert data == GSO + decremented(big)
+    chunk = struct.unpack("=i", ancillary[0][2][:4])[0]
+    assert chunk == MTU and len(data) % chunk  # the last datagram is shorter: it ends the coalesced read
     assert eventually(lambda: rig.path.totals()[:2] == [1, len(big)])
+
+
+def test_a_frame_of_whole_datagrams_is_cut_one_short(rig):
+    # 2 * 1472 bytes in all: cut at 1472 its last datagram would be as long as the others
+    big = tcp("10.244.1.5", "10.244.2.7", 1, bytes(2 * MTU - 10 - 52))
+    rig.peer.setsockopt(SOL_UDP, UDP_GRO, 1)
+    rig.tun_send(big, GSO)
+    data, ancillary, _, _ = rig.peer.recvmsg(70000, 64)
+    assert len(data) == 2 * MTU and struct.unpack("=i", ancillary[0][2][:4])[0] == MTU - 4
+
+
+def test_a_frame_cut_into_datagrams_enters_the_tun_whole(rig):
+    big = super_packet("10.244.2.7", "10.244.1.5")
+    frame = GSO + big
+    rig.peer.sendmsg([frame], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", MTU))], 0, ("127.0.0.1", rig.port))
+    assert rig.tun_recv_frame() == GSO + decremented(big)
+    assert eventually(lambda: rig.path.totals()[2:] == [1, len(big)])
+
+
+def test_a_frame_missing_a_datagram_is_dropped_once(rig):
+    frame = GSO + super_packet("10.244.2.7", "10.244.1.5")
+    cut = frame[:MTU] + frame[2 * MTU:]  # the second datagram lost on the way
+    rig.assert_dropped("peer", cut[:len(cut) // MTU * MTU], packet.MALFORMED)
+    assert sum(rig.path.drops.values()) == 1
 
 
 def test_a_fast_datagram_enters_the_tun_as_it_came_ttl_aside(rig):

@@ -141,3 +141,12 @@ def test_mutated_super_packets_are_accepted_only_when_sound(changes, cut):
     assert reason is None or reason in packet.DROP_REASONS + vnet.DROP_REASONS
     if reason is None:
         accepted_invariants(data)
+
+
+def test_a_frame_claiming_more_than_its_datagram_takes_the_rest_of_the_read():
+    whole = frame()
+    read = bytes(10) + ipv4("10.244.2.7", "10.244.1.5") + whole  # a small frame, then a cut one
+    small = len(read) - len(whole)
+    assert vnet.span(read, 0, small, len(read)) == small
+    assert vnet.span(read, small, MTU, len(read)) == len(whole)
+    assert vnet.span(whole[:5], 0, 5, 5) == 5  # too short to say: one datagram, which problem() rejects
