@@ -27,7 +27,7 @@ log = logging.getLogger("flannelette")
 EXIT_OK, EXIT_FAILED = 0, 1
 TUN_NAME = "flannel0"
 BRIDGE_NAME = "cni0"
-SOCKET_BUFFER = 4 << 20  # room for bursts at line rate while a loop waits for the GIL
+SOCKET_BUFFER = 4 << 20  # room for bursts at line rate while the data path serves the other direction
 # The kernel queues packets for the runtime on flannel0 here; a queue deeper than
 # the default 500 absorbs bursts instead of dropping them into TCP retransmits.
 TUN_QUEUE = 5000
