@@ -165,30 +165,43 @@ class DataPath:
         self.warnings.warn(reason, message, *args)
 
     def _tun_to_udp(self) -> Iterator[bool]:
-        # The hot loop. Packets are read straight into a batch buffer (their
-        # virtio-net header aside). In fast mode each leaves at once with its
-        # header (see _send_fast). Otherwise a run of equal-sized
-        # packets to one peer leaves in a single sendmsg with UDP_SEGMENT,
-        # which the kernel splits into one datagram per packet, so the wire
-        # carries exactly what flannel sends. The batch goes out as soon as
-        # the TUN queue is empty, so no packet waits for company.
+        # The hot loop. Packets are read straight into a batch buffer; a run of
+        # equal-sized ones to one peer leaves in a single sendmsg with
+        # UDP_SEGMENT, which the kernel splits into one datagram per packet.
+        # In flannel's format the virtio-net header is read aside, so the wire
+        # carries exactly what flannel sends; in the fast format it is read in
+        # place, before its packet, and a frame too large for one datagram of
+        # the underlay (a TCP super-packet) leaves on its own (_send_fast).
+        # The batch goes out as soon as the TUN queue is empty, so no packet
+        # waits for company.
         buf = bytearray(BATCH_BYTES + BUFFER_SIZE)
         view = memoryview(buf)
-        readv, fd = os.readv, self.tun_fd
+        readv, fd, mtu = os.readv, self.tun_fd, self.mtu
         header = bytearray(VNET_HDR_LEN)
-        iov = [header, view]
-        send_fast, offloaded = self._send_fast, vnet.offloaded
+        plain_iov, fast_iov = [header, view], [view]
         destination, check, pack_check = DESTINATION.unpack_from, CHECKSUM.unpack_from, CHECKSUM.pack_into
         burst = 0
-        flush = self._flush
-        end, count, size, peer = 0, 0, 0, None  # the batch: buf[:end], count packets of size bytes
+        flush, send_fast = self._flush, self._send_fast
+        # The batch: buf[:end], count packets (frames, when framed) of size bytes, to peer.
+        end, count, size, peer, framed = 0, 0, 0, None, False
         while not self._stopping:
-            iov[1] = view[end:]
+            table = self.table
+            fast = table.fast
+            if count and fast is not framed:  # the format changed under a batch
+                flush(view, end, count, size, peer, framed)
+                end = count = 0
             try:
-                n = readv(fd, iov) - VNET_HDR_LEN
+                if fast:
+                    fast_iov[0] = view[end:]
+                    n = readv(fd, fast_iov) - VNET_HDR_LEN
+                    at = end + VNET_HDR_LEN
+                else:
+                    plain_iov[1] = view[end:]
+                    n = readv(fd, plain_iov) - VNET_HDR_LEN
+                    at = end
             except BlockingIOError:
                 if count:
-                    flush(view, end, count, size, peer)
+                    flush(view, end, count, size, peer, framed)
                     end = count = 0
                 yield False
                 continue
@@ -196,45 +209,46 @@ class DataPath:
             if burst == BURST:
                 burst = 0
                 yield True
-            if n < 20 or buf[end] >> 4 != 4:
+            if n < 20 or buf[at] >> 4 != 4:
                 self._drop(NOT_IPV4, "%d bytes from the TUN device are not an IPv4 packet", n)
                 continue
-            table = self.table
-            to = table.by_subnet.get(destination(buf, end + 16)[0] >> table.shift)
+            to = table.by_subnet.get(destination(buf, at + 16)[0] >> table.shift)
             if to is None:
-                self._unreachable(view[end:end + n])
+                self._unreachable(view[at:at + n])
                 continue
-            ttl = buf[end + 8]
+            ttl = buf[at + 8]
             if ttl <= 1:
                 self._drop(packet.TTL_EXPIRED, "TTL expired for %s", to.host)
                 continue
-            buf[end + 8] = ttl - 1
-            total = (~check(buf, end + 10)[0] & 0xFFFF) + 0xFEFF  # RFC 1624, as packet.decrement_ttl
-            pack_check(buf, end + 10, ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF)
-            if table.fast:  # the packet as flannel0 gave it, however large: the peer's kernel does the rest
-                if count:
-                    flush(view, end, count, size, peer)
-                send_fast(header, view[end:end + n], to)
-                end = count = 0
-                continue
-            if offloaded(header):
+            buf[at + 8] = ttl - 1
+            total = (~check(buf, at + 10)[0] & 0xFFFF) + 0xFEFF  # RFC 1624, as packet.decrement_ttl
+            pack_check(buf, at + 10, ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF)
+            if fast:
+                n += VNET_HDR_LEN  # what is batched is the frame
+                if n > mtu:
+                    if count:
+                        flush(view, end, count, size, peer, framed)
+                    send_fast(view[end:end + n], to)
+                    end = count = 0
+                    continue
+            elif header[0] & vnet.F_NEEDS_CSUM or header[1]:
                 self._drop(vnet.OFFLOAD_TO_PLAIN_PEER, "%d bytes to %s need the kernel's offloads", n, to.host)
                 continue
             if count and (to is not peer or n > size):
-                flush(view, end, count, size, peer)  # this packet can't join: send the batch
+                flush(view, end, count, size, peer, framed)  # this packet can't join: send the batch
                 buf[:n] = buf[end:end + n]
                 end = count = 0
             if not count:
-                peer, size = to, n
+                peer, size, framed = to, n, fast
             end += n
             count += 1
             if n < size or end + size > BATCH_BYTES or count == MAX_SEGMENTS:  # a short packet ends a batch
-                flush(view, end, count, size, peer)
+                flush(view, end, count, size, peer, framed)
                 end = count = 0
         if count:
-            flush(view, end, count, size, peer)
+            flush(view, end, count, size, peer, framed)
 
-    def _flush(self, view, end: int, count: int, size: int, peer) -> None:
+    def _flush(self, view, end: int, count: int, size: int, peer, framed: bool) -> None:
         try:
             if count == 1 or not self.gso:
                 self._send_each(view, end, size, peer)
@@ -244,40 +258,41 @@ class DataPath:
             if e.errno in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT) and self.gso and count > 1:
                 log.info("UDP segmentation offload unavailable (%s); sending one datagram per call", e.strerror)
                 self.gso = False
-                return self._flush(view, end, count, size, peer)
+                return self._flush(view, end, count, size, peer, framed)
             self.drops[packet.SEND_FAILED] += count
             self.warnings.warn(packet.SEND_FAILED, "%d packets to %s (%s): %s", count, peer.host, peer.address[0], e.strerror)
             return None
         counts = peer.counts
         counts[0] += count
-        counts[1] += end
+        counts[1] += end - VNET_HDR_LEN * count if framed else end
         return None
 
-    def _send_fast(self, header, data, peer) -> None:
-        # A super-packet is cut by the kernel (UDP_SEGMENT) into datagrams the
-        # underlay carries whole, the last one always shorter, so the peer's
-        # UDP_GRO hands the frame over in one read, and ends the read there.
-        # Between namespaces it never even leaves the kernel as datagrams.
-        # Anything else, or without UDP_SEGMENT, leaves as one datagram, which
-        # the kernel fragments when it must (the socket does not set DF).
-        length = VNET_HDR_LEN + len(data)
+    def _send_fast(self, frame, peer) -> None:
+        # A frame too large for one datagram of the underlay: a super-packet
+        # is cut by the kernel (UDP_SEGMENT) into datagrams the underlay
+        # carries whole, the last one always shorter, so the peer's UDP_GRO
+        # hands the frame over in one read, and ends the read there. Between
+        # namespaces it never even leaves the kernel as datagrams. Anything
+        # else, or without UDP_SEGMENT, leaves as one datagram, which the
+        # kernel fragments (the socket does not set DF).
+        length = len(frame)
         try:
-            if header[1] and length > self.mtu and self.gso:
+            if frame[1] and self.gso:
                 chunk = self.mtu if length % self.mtu else self.mtu - 4
-                self.sock.sendmsg([header, data], [(SOL_UDP, UDP_SEGMENT, SEGMENT.pack(chunk))], 0, peer.address)
+                self.sock.sendmsg([frame], [(SOL_UDP, UDP_SEGMENT, SEGMENT.pack(chunk))], 0, peer.address)
             else:
-                self.sock.sendmsg([header, data], (), 0, peer.address)
+                self.sock.sendto(frame, peer.address)
         except OSError as e:
-            if e.errno in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT) and self.gso and header[1]:
+            if e.errno in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT) and self.gso and frame[1]:
                 log.info("UDP segmentation offload unavailable (%s); sending one datagram per call", e.strerror)
                 self.gso = False
-                return self._send_fast(header, data, peer)
+                return self._send_fast(frame, peer)
             self.drops[packet.SEND_FAILED] += 1
-            self.warnings.warn(packet.SEND_FAILED, "%d bytes to %s (%s): %s", len(data), peer.host, peer.address[0], e.strerror)
+            self.warnings.warn(packet.SEND_FAILED, "%d bytes to %s (%s): %s", length, peer.host, peer.address[0], e.strerror)
             return None
         counts = peer.counts
         counts[0] += 1
-        counts[1] += len(data)
+        counts[1] += length - VNET_HDR_LEN
         return None
 
     def _send_each(self, view, end: int, size: int, peer) -> None:

@@ -43,11 +43,6 @@ def is_fast(first_byte: int) -> bool:
     return first_byte < FIRST_PLAIN_BYTE
 
 
-def offloaded(header) -> bool:
-    """True when the packet behind `header` still needs the kernel: a checksum to complete or segments to cut."""
-    return bool(header[0] & F_NEEDS_CSUM or header[1])
-
-
 def span(view, start: int, datagram: int, read: int) -> int:
     """How many bytes of a read, from `start`, the frame there takes.
 

@@ -65,6 +65,16 @@ def test_a_frame_missing_a_datagram_is_dropped_once(rig):
     assert sum(rig.path.drops.values()) == 1
 
 
+def test_small_frames_leave_one_per_datagram_batched_or_not(rig):
+    partial_udp = vnet.VNET_HDR.pack(vnet.F_NEEDS_CSUM, 0, 0, 0, 20, 6)
+    sent = [ipv4("10.244.1.5", "10.244.2.7", payload=bytes([i]) * 100) for i in range(20)]
+    for data in sent:
+        rig.tun_send(data, partial_udp)
+    for data in sent:
+        assert rig.peer.recv(2048) == partial_udp + decremented(data)
+    assert eventually(lambda: rig.path.totals()[:2] == [20, 20 * len(sent[0])])
+
+
 def test_a_fast_datagram_enters_the_tun_as_it_came_ttl_aside(rig):
     big = super_packet("10.244.2.7", "10.244.1.5")
     rig.peer.sendto(GSO + big, ("127.0.0.1", rig.port))

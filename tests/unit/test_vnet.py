@@ -99,12 +99,6 @@ def test_each_broken_frame_names_its_reason(data, reason):
     assert check(data) == reason
 
 
-def test_offloaded_means_the_kernel_still_has_work():
-    assert vnet.offloaded(GOLDEN_HEADER)
-    assert vnet.offloaded(vnet.VNET_HDR.pack(vnet.F_NEEDS_CSUM, 0, 0, 0, 20, 6))
-    assert not vnet.offloaded(bytes(10)) and not vnet.offloaded(vnet.VNET_HDR.pack(vnet.F_DATA_VALID, 0, 0, 0, 0, 0))
-
-
 def accepted_invariants(data):
     """What an accepted frame promises the kernel, restated independently of the checker."""
     flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = vnet.VNET_HDR.unpack_from(data)
