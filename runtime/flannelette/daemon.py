@@ -96,6 +96,8 @@ class Runtime:
         self.net_conf = config.load_net_conf(args.net_conf)
         leases = config.load_leases(args.leases, self.net_conf)
         self.own = own_lease(leases, self.public_ip, args.leases)
+        self.leases = leases
+        self.fast_capable = True  # cleared when flannel0 can't be kept to super-packets that fit UDP
         self.table = self._table(leases)
         self.ready = False
         self.reloads = {"ok": 0, "failed": 0}
@@ -104,8 +106,9 @@ class Runtime:
         self.undo: List[Tuple[str, Callable[[], None]]] = []
 
     def _table(self, leases, previous=None) -> LeaseTable:
-        table = LeaseTable(self.own, leases, self.net_conf.subnet_len, self.net_conf.port, previous,
-                           force_flannel=self.net_conf.wire == config.WIRE_FLANNEL)
+        force = self.net_conf.wire == config.WIRE_FLANNEL or not self.fast_capable
+        table = LeaseTable(self.own, leases, self.net_conf.subnet_len, self.net_conf.port, previous, force_flannel=force)
+        self.leases = leases
         self.lease_hash, self.lease_count = metrics.lease_hash(leases), len(leases)
         return table
 
@@ -188,7 +191,11 @@ class Runtime:
         self.undo.append((TUN_NAME, lambda: self._close_tun()))
         index = netlink.link_index(ipr, TUN_NAME)
         netlink.tune_tun_sysctls(TUN_NAME)
-        netlink.limit_gso(ipr, index, TUN_GSO_MAX_SIZE)
+        if not netlink.limit_gso(ipr, index, TUN_GSO_MAX_SIZE):
+            log.warning("%s: this kernel can't lower gso_max_size to %d; sending flannel's format only",
+                        TUN_NAME, TUN_GSO_MAX_SIZE)
+            self.fast_capable = False
+            self.table = self._table(self.leases)
         netlink.ensure_up(ipr, index, self.mtu, TUN_QUEUE)
         self._set_offload(self.table.fast)
         netlink.ensure_addresses(ipr, index, [IPv4Interface((self.own.subnet.network_address, 32))])
@@ -199,6 +206,8 @@ class Runtime:
         log.info("%s format to peers%s", "fast" if fast else "flannel's", "" if fast else self._why_flannel())
 
     def _why_flannel(self) -> str:
+        if not self.fast_capable:
+            return " (gso_max_size of flannel0 can't be lowered)"
         if self.net_conf.wire == config.WIRE_FLANNEL:
             return " (Backend.Wire is flannel)"
         return " (the lease table holds a flanneld host)"
