@@ -25,6 +25,7 @@ from typing import Dict, Iterator, List
 from flannelette import packet, vnet
 from flannelette.coalesce import HEADERS, PLAIN, VNET_HDR_LEN, Coalescer
 from flannelette.packet import LeaseTable
+from flannelette.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,6 @@ MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS before Linux 6.2
 NOT_IPV4 = "not_ipv4"
 DROP_REASONS = packet.DROP_REASONS + (NOT_IPV4,) + vnet.DROP_REASONS
 BURST = 32  # packets or reads one direction handles before the other gets a turn
-# Per-packet warnings: at most this many per reason per interval, then a summary.
-WARN_BURST, WARN_INTERVAL = 5, 60.0
 
 
 def _segment_size(ancillary) -> int:
@@ -52,27 +51,6 @@ def _segment_size(ancillary) -> int:
         if level == SOL_UDP and kind == UDP_GRO:
             return GRO_SIZE.unpack(data[:GRO_SIZE.size])[0]
     return 0
-
-
-class RateLimitedLog:
-    """Warn about dropped packets without letting a flood of them flood the journal."""
-
-    def __init__(self, clock, burst: int = WARN_BURST, interval: float = WARN_INTERVAL):
-        self.clock, self.burst, self.interval = clock, burst, interval
-        self.windows: Dict[str, list] = {}  # reason -> [window start, logged, suppressed]
-
-    def warn(self, reason: str, message: str, *args) -> None:
-        now = self.clock()
-        window = self.windows.get(reason)
-        if window is None or now - window[0] >= self.interval:
-            if window and window[2]:
-                log.warning("%d more packets dropped (%s) in the last %.0fs", window[2], reason, now - window[0])
-            window = self.windows[reason] = [now, 0, 0]
-        if window[1] < self.burst:
-            window[1] += 1
-            log.warning("dropped (%s): " + message, reason, *args)
-        else:
-            window[2] += 1
 
 
 class DataPath:

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from flannelette import packet
 from flannelette.coalesce import VNET_HDR_LEN
 from flannelette.config import Lease
-from flannelette.datapath import DataPath, RateLimitedLog
+from flannelette.datapath import DataPath
+from flannelette.ratelimit import RateLimitedLog
 from ipv4_packets import ipv4
 
 OWN = Lease("a", IPv4Network("10.244.1.0/24"), IPv4Address("127.0.0.1"))
