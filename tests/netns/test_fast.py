@@ -47,6 +47,18 @@ def test_tcp_crosses_as_super_packets(cluster, pair):
     assert octets / packets > 4 * MTU  # most of the stream left in datagrams of many segments
 
 
+def test_backend_wire_flannel_keeps_flannelette_hosts_on_flannels_format(cluster):
+    a, b = cluster.build(2, net_conf={"Network": "10.244.0.0/16", "Backend": {"Type": "udp", "Wire": "flannel"}})
+    for host in (a, b):
+        host.start()
+    assert a.metric("wire_fast") == 0 and b.metric("wire_fast") == 0
+    end = iperf(cluster, a, b)
+    assert end["sum_received"]["bytes"] > 10_000_000
+    packets, octets = carried(a)
+    assert octets / packets <= MTU  # one inner packet per datagram
+    assert "Backend.Wire is flannel" in a.log()
+
+
 def test_hostile_fast_datagrams_are_dropped_and_counted(cluster, pair):
     a, b = pair
     listener = udp_socket(a.ns, a.gateway, LISTEN_PORT)
