@@ -32,11 +32,11 @@ SOCKET_BUFFER = 4 << 20  # room for bursts at line rate while the data path serv
 # the default 500 absorbs bursts instead of dropping them into TCP retransmits.
 TUN_QUEUE = 5000
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # Linux: as root, past net.core.*mem_max
-# Fast-mode datagrams are larger than the underlay's MTU: the kernel fragments
-# them, which it does only with DF clear.
+# A fast-mode frame of a full-sized packet is 10 bytes more than one datagram of
+# the underlay carries: the kernel fragments it, which it does only with DF clear.
 IP_MTU_DISCOVER, IP_PMTUDISC_DONT = 10, 0
 # The largest TCP super-packet flannel0 hands over: with the 10-byte virtio-net
-# header it must fit one UDP datagram (65507 bytes of payload).
+# header it must fit one UDP send (65507 bytes), however the kernel then cuts it.
 TUN_GSO_MAX_SIZE = 65000
 JOURNAL_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
