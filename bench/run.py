@@ -2,10 +2,15 @@
 
 Two network namespaces play two hosts joined by a veth pair (the underlay).
 Each path is measured in turn with iperf3 (TCP Gbit/s and retransmits, UDP
-packets per second at two payload sizes) and ping (RTT), then printed as a
-table with each figure's ratio to VXLAN. Needs root, iperf3 and /dev/net/tun.
+packets per second at two payload sizes) and ping (RTT); for flannelette also
+the CPU time of both runtimes per gigabit carried. flannelette runs in its two
+wire modes: fast (between flannelette hosts) and flannel (Backend.Wire forces
+flannel's one packet per datagram). With --loss, TCP is measured again with
+that share of underlay packets dropped at the receiving host. The table gives
+each figure's ratio to VXLAN under the same conditions. Needs root, iperf3,
+iptables and /dev/net/tun.
 
-    sudo .venv/bin/python -m bench [--seconds 5] [--json FILE]
+    sudo .venv/bin/python -m bench [--seconds 5] [--loss 0.01] [--json FILE]
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ OVERLAY = ("10.244.1.1", "10.244.2.1")  # the cni0 gateways of the two hosts
 UNDERLAY_MTU = 1500
 VXLAN_ID, VXLAN_PORT = 4242, 4789
 UDP_PAYLOADS = (64, 1400)
+MODES = ("fast", "flannel")  # flannelette's wire modes, each a path of the bench
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def sh(*argv: str, check: bool = True, timeout: float = 120) -> str:
@@ -96,9 +103,28 @@ def iperf(hosts: Hosts, server: str, *args: str, seconds: int) -> dict:
     return json.loads(out)
 
 
-def tcp(hosts: Hosts, server: str, seconds: int) -> Dict[str, float]:
+def tcp(hosts: Hosts, server: str, seconds: int, runtimes: List[int] = ()) -> Dict[str, float]:
+    """TCP throughput, retransmits and, given the runtimes' PIDs, their CPU seconds per gigabit."""
+    before = cpu_seconds(runtimes)
     end = iperf(hosts, server, seconds=seconds)["end"]
-    return {"gbits": end["sum_received"]["bits_per_second"] / 1e9, "retransmits": end["sum_sent"].get("retransmits", 0)}
+    used = cpu_seconds(runtimes) - before
+    received = end["sum_received"]
+    result = {"gbits": received["bits_per_second"] / 1e9, "retransmits": end["sum_sent"].get("retransmits", 0)}
+    if runtimes:
+        # iperf3's server starts half a second early and stops a little late: the
+        # runtimes' CPU in those moments is idle polling, small against the run.
+        result["cpu_per_gbit"] = used / (received["bytes"] * 8 / 1e9)
+    return result
+
+
+def cpu_seconds(pids: List[int]) -> float:
+    """utime + stime of the processes, all their threads included."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+    return total / CLOCK_TICKS
 
 
 def udp_pps(hosts: Hosts, server: str, payload: int, seconds: int) -> float:
@@ -115,12 +141,28 @@ def ping_rtt(hosts: Hosts, target: str, source: Optional[str] = None) -> float:
     return float(re.search(r"= [\d.]+/([\d.]+)/", out).group(1))
 
 
-def measure(hosts: Hosts, server: str, source: Optional[str], seconds: int) -> Dict[str, float]:
+def measure(hosts: Hosts, server: str, source: Optional[str], seconds: int, runtimes: List[int] = ()) -> Dict[str, float]:
     ping_rtt(hosts, server, source)  # warm up ARP and the peers
     result = {"rtt_ms": ping_rtt(hosts, server, source)}
-    result.update(tcp(hosts, server, seconds))
+    result.update(tcp(hosts, server, seconds, runtimes))
     for size in UDP_PAYLOADS:
         result[f"pps_{size}"] = udp_pps(hosts, server, size, seconds)
+    return result
+
+
+def measure_lossy(hosts: Hosts, server: str, source: Optional[str], seconds: int, loss: float,
+                  runtimes: List[int] = ()) -> Dict[str, float]:
+    """TCP and RTT with a share of the underlay's UDP packets dropped at the receiving host."""
+    rule = ["PREROUTING", "-i", "fbench0", "-p", "udp", "-m", "statistic", "--mode", "random",
+            "--probability", str(loss), "-j", "DROP"]
+    # In the raw table, before reassembly: each lost fragment costs its whole datagram,
+    # as it would on a real network. (INPUT would see whole datagrams only.)
+    in_ns(hosts.names[1], "iptables", "-t", "raw", "-A", *rule)
+    try:
+        result = {"rtt_ms": ping_rtt(hosts, server, source)}
+        result.update(tcp(hosts, server, seconds, runtimes))
+    finally:
+        in_ns(hosts.names[1], "iptables", "-t", "raw", "-D", *rule, check=False)
     return result
 
 
@@ -147,11 +189,15 @@ def flannelette_command() -> List[str]:
     return [sys.executable, "-m", "flannelette.daemon"]
 
 
-def start_flannelette(hosts: Hosts) -> List[subprocess.Popen]:
+def start_flannelette(hosts: Hosts, mode: str) -> List[subprocess.Popen]:
     conf = os.path.join(hosts.workdir, "net-conf.json")
     leases = os.path.join(hosts.workdir, "leases.json")
+    backend = {"Type": "udp", "Wire": "flannel"} if mode == "flannel" else {"Type": "udp"}
+    for i in range(2):  # a fresh subnet.env tells when each runtime is up
+        if os.path.exists(os.path.join(hosts.workdir, f"subnet-{i}.env")):
+            os.remove(os.path.join(hosts.workdir, f"subnet-{i}.env"))
     with open(conf, "w") as f:
-        json.dump({"Network": "10.244.0.0/16", "Backend": {"Type": "udp"}}, f)
+        json.dump({"Network": "10.244.0.0/16", "Backend": backend}, f)
     with open(leases, "w") as f:
         json.dump({"leases": [
             {"host": f"bench{i}", "subnet": f"10.244.{i + 1}.0/24", "public_ip": ip} for i, ip in enumerate(UNDERLAY)
@@ -160,7 +206,8 @@ def start_flannelette(hosts: Hosts) -> List[subprocess.Popen]:
     for i, name in enumerate(hosts.names):
         env_file = os.path.join(hosts.workdir, f"subnet-{i}.env")
         procs.append(hosts.spawn(name, *flannelette_command(), "--net-conf", conf, "--leases", leases,
-                                 "--public-ip", UNDERLAY[i], "--subnet-file", env_file, log=f"flannelette-{i}.log"))
+                                 "--public-ip", UNDERLAY[i], "--subnet-file", env_file,
+                                 log=f"flannelette-{mode}-{i}.log"))
     wait_for_files([os.path.join(hosts.workdir, f"subnet-{i}.env") for i in range(2)], procs)
     return procs
 
@@ -177,33 +224,33 @@ def wait_for_files(paths: List[str], procs: List[subprocess.Popen], timeout: flo
 
 COLUMNS = [
     ("TCP Gbit/s", "gbits", "{:.2f}"),
+    ("/ vxlan", "ratio", "{:.2f}"),
     ("TCP retr", "retransmits", "{:.0f}"),
+    ("ping RTT ms", "rtt_ms", "{:.3f}"),
     ("UDP 64B pps", "pps_64", "{:,.0f}"),
     ("UDP 1400B pps", "pps_1400", "{:,.0f}"),
-    ("ping RTT ms", "rtt_ms", "{:.3f}"),
+    ("CPU s/Gbit", "cpu_per_gbit", "{:.3f}"),
 ]
 
 
 def render(results: Dict[str, Dict[str, float]]) -> str:
-    vxlan = results.get("vxlan", {})
+    """One row per path; each TCP figure's ratio to VXLAN under the same loss."""
     header = ["path"] + [title for title, _, _ in COLUMNS]
     rows = [header]
     for path, figures in results.items():
-        rows.append([path] + [fmt.format(figures[key]) for _, key, fmt in COLUMNS])
-        if path != "vxlan" and vxlan:
-            rows.append([f"  {path} / vxlan"] + [_ratio(figures[key], vxlan[key]) for _, key, _ in COLUMNS])
+        base = results.get("vxlan" + path[path.index(" "):] if " " in path else "vxlan", {})
+        figures = dict(figures, ratio=figures["gbits"] / base["gbits"] if base.get("gbits") else None)
+        rows.append([path] + [fmt.format(figures[key]) if figures.get(key) is not None else "-"
+                              for _, key, fmt in COLUMNS])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
                      for row in rows)
 
 
-def _ratio(value: float, base: float) -> str:
-    return f"{value / base:.2f}x" if base else "-"
-
-
-def run(seconds: int, paths: List[str]) -> Dict[str, Dict[str, float]]:
+def run(seconds: int, paths: List[str], loss: float) -> Dict[str, Dict[str, float]]:
     hosts = Hosts(f"fb{os.getpid() % 10000}")
     results: Dict[str, Dict[str, float]] = {}
+    lossy = f" {loss:.0%} loss"
     try:
         hosts.build()
         if "underlay" in paths:
@@ -211,10 +258,15 @@ def run(seconds: int, paths: List[str]) -> Dict[str, Dict[str, float]]:
         if "vxlan" in paths:
             setup_vxlan(hosts)
             results["vxlan"] = measure(hosts, VXLAN[1], None, seconds)
+            if loss:
+                results["vxlan" + lossy] = measure_lossy(hosts, VXLAN[1], None, seconds, loss)
             teardown_vxlan(hosts)
-        if "flannelette" in paths:
-            procs = start_flannelette(hosts)
-            results["flannelette"] = measure(hosts, OVERLAY[1], OVERLAY[0], seconds)
+        for mode in (m for m in MODES if m in paths):
+            procs = start_flannelette(hosts, mode)
+            pids = [proc.pid for proc in procs]  # ip netns exec execs the runtime: same PID
+            results[mode] = measure(hosts, OVERLAY[1], OVERLAY[0], seconds, pids)
+            if loss:
+                results[mode + lossy] = measure_lossy(hosts, OVERLAY[1], OVERLAY[0], seconds, loss, pids)
             for proc in procs:
                 hosts.stop(proc)
     finally:
@@ -226,13 +278,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=5, help="length of each iperf3 run (default 5)")
-    parser.add_argument("--paths", default="underlay,vxlan,flannelette", help="which paths, comma-separated")
+    parser.add_argument("--paths", default="underlay,vxlan," + ",".join(MODES),
+                        help="which paths, comma-separated (default: all: underlay, vxlan, fast, flannel)")
+    parser.add_argument("--loss", type=float, default=0.01,
+                        help="share of underlay packets dropped in the loss runs; 0 skips them (default 0.01)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
-    if os.geteuid() != 0 or not shutil.which("iperf3"):
-        print("bench needs root and iperf3 (apt-get install iperf3)", file=sys.stderr)
+    if os.geteuid() != 0 or not shutil.which("iperf3") or not shutil.which("iptables"):
+        print("bench needs root, iperf3 and iptables (apt-get install iperf3 iptables)", file=sys.stderr)
         return 2
-    results = run(args.seconds, args.paths.split(","))
+    results = run(args.seconds, args.paths.split(","), args.loss)
     print(render(results))
     if args.json:
         with open(args.json, "w") as f:

@@ -19,6 +19,8 @@ DEFAULT_PORT = 8285
 # (cni0) and containers, and flannel never hands out the first subnet.
 MAX_SUBNET_LEN = 30
 MAX_NETWORK_PREFIX = 28
+# Backend.Wire and a lease's wire (docs/wire.md).
+WIRE_AUTO, WIRE_FLANNEL, WIRE_FLANNELETTE = "auto", "flannel", "flannelette"
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class NetConf:
     port: int = DEFAULT_PORT
     enable_nftables: bool = False
     backend_type: str = "udp"
+    wire: str = WIRE_AUTO  # Backend.Wire: "flannel" keeps the whole network on flannel's format
     source: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -64,13 +67,17 @@ class Lease:
     host: str
     subnet: IPv4Network
     public_ip: IPv4Address
+    wire: str = WIRE_FLANNELETTE  # "flannel": a flanneld host, which speaks flannel's format only
 
     @property
     def gateway(self) -> IPv4Address:
         return self.subnet.network_address + 1
 
     def to_json(self) -> dict:
-        return {"host": self.host, "subnet": str(self.subnet), "public_ip": str(self.public_ip)}
+        document = {"host": self.host, "subnet": str(self.subnet), "public_ip": str(self.public_ip)}
+        if self.wire != WIRE_FLANNELETTE:  # the default is left out, so older tables keep their bytes
+            document["wire"] = self.wire
+        return document
 
 
 # -- reading files ---------------------------------------------------------------
@@ -247,6 +254,7 @@ class _NetConfChecks:
             subnet_max=self.subnet_max,
             port=backend.get("Port", DEFAULT_PORT),
             enable_nftables=bool(self.data.get("EnableNFTables", False)),
+            wire=backend.get("Wire", WIRE_AUTO),
             source=self.data,
         )
 
@@ -285,7 +293,7 @@ def _lease(entry: dict, at: str, where: str, net_conf: NetConf, problems: list) 
             fail("subnet")(why)
     if len(problems) > before:
         return None
-    return Lease(entry["host"], subnet, public_ip)
+    return Lease(entry["host"], subnet, public_ip, entry.get("wire", WIRE_FLANNELETTE))
 
 
 def lease_conflicts(leases: list[Lease], where: str) -> list[Problem]:

@@ -27,11 +27,17 @@ log = logging.getLogger("flannelette")
 EXIT_OK, EXIT_FAILED = 0, 1
 TUN_NAME = "flannel0"
 BRIDGE_NAME = "cni0"
-SOCKET_BUFFER = 4 << 20  # room for bursts at line rate while a loop waits for the GIL
+SOCKET_BUFFER = 4 << 20  # room for bursts at line rate while the data path serves the other direction
 # The kernel queues packets for the runtime on flannel0 here; a queue deeper than
 # the default 500 absorbs bursts instead of dropping them into TCP retransmits.
 TUN_QUEUE = 5000
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # Linux: as root, past net.core.*mem_max
+# A fast-mode frame of a full-sized packet is 10 bytes more than one datagram of
+# the underlay carries: the kernel fragments it, which it does only with DF clear.
+IP_MTU_DISCOVER, IP_PMTUDISC_DONT = 10, 0
+# The largest TCP super-packet flannel0 hands over: with the 10-byte virtio-net
+# header it must fit one UDP send (65507 bytes), however the kernel then cuts it.
+TUN_GSO_MAX_SIZE = 65000
 JOURNAL_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
@@ -90,6 +96,8 @@ class Runtime:
         self.net_conf = config.load_net_conf(args.net_conf)
         leases = config.load_leases(args.leases, self.net_conf)
         self.own = own_lease(leases, self.public_ip, args.leases)
+        self.leases = leases
+        self.fast_capable = True  # cleared when flannel0 can't be kept to super-packets that fit UDP
         self.table = self._table(leases)
         self.ready = False
         self.reloads = {"ok": 0, "failed": 0}
@@ -98,7 +106,9 @@ class Runtime:
         self.undo: List[Tuple[str, Callable[[], None]]] = []
 
     def _table(self, leases, previous=None) -> LeaseTable:
-        table = LeaseTable(self.own, leases, self.net_conf.subnet_len, self.net_conf.port, previous)
+        force = self.net_conf.wire == config.WIRE_FLANNEL or not self.fast_capable
+        table = LeaseTable(self.own, leases, self.net_conf.subnet_len, self.net_conf.port, previous, force_flannel=force)
+        self.leases = leases
         self.lease_hash, self.lease_count = metrics.lease_hash(leases), len(leases)
         return table
 
@@ -156,6 +166,7 @@ class Runtime:
                 sock.setsockopt(socket.SOL_SOCKET, forced, SOCKET_BUFFER)
             except OSError:  # without CAP_NET_ADMIN: as much as net.core.*mem_max allows
                 sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
         try:
             sock.bind((str(self.public_ip), self.net_conf.port))
         except OSError as e:
@@ -180,9 +191,26 @@ class Runtime:
         self.undo.append((TUN_NAME, lambda: self._close_tun()))
         index = netlink.link_index(ipr, TUN_NAME)
         netlink.tune_tun_sysctls(TUN_NAME)
+        if not netlink.limit_gso(ipr, index, TUN_GSO_MAX_SIZE):
+            log.warning("%s: this kernel can't lower gso_max_size to %d; sending flannel's format only",
+                        TUN_NAME, TUN_GSO_MAX_SIZE)
+            self.fast_capable = False
+            self.table = self._table(self.leases)
         netlink.ensure_up(ipr, index, self.mtu, TUN_QUEUE)
+        self._set_offload(self.table.fast)
         netlink.ensure_addresses(ipr, index, [IPv4Interface((self.own.subnet.network_address, 32))])
         netlink.ensure_route(ipr, self.net_conf.network, index)
+
+    def _set_offload(self, fast: bool) -> None:
+        tun.set_offload(self.tun_fd, fast)
+        log.info("%s format to peers%s", "fast" if fast else "flannel's", "" if fast else self._why_flannel())
+
+    def _why_flannel(self) -> str:
+        if not self.fast_capable:
+            return " (gso_max_size of flannel0 can't be lowered)"
+        if self.net_conf.wire == config.WIRE_FLANNEL:
+            return " (Backend.Wire is flannel)"
+        return " (the lease table holds a flanneld host)"
 
     def _close_tun(self) -> None:
         os.close(self.tun_fd)
@@ -242,7 +270,13 @@ class Runtime:
         old = self.datapath.table
         table = self._table(leases, previous=old)
         before, after = set(old.peers_by_identity()), set(table.peers_by_identity())
+        # Offloads off before the table stops sending the fast format, on after it
+        # starts, so no TCP super-packet is read for a table that can't carry it.
+        if old.fast and not table.fast:
+            self._set_offload(False)
         self.datapath.update_table(table)
+        if table.fast and not old.fast:
+            self._set_offload(True)
         self.reloads["ok"] += 1
         for identity in sorted(after - before, key=str):
             log.info("peer added: %s %s via %s", identity[0], identity[1], identity[2])

@@ -1,4 +1,9 @@
-"""The packet loop: flannel0 to UDP and UDP to flannel0, one inner IPv4 packet per datagram.
+"""The packet loop: flannel0 to UDP and UDP to flannel0.
+
+Between flannelette hosts each datagram carries what flannel0 hands over, a
+TCP super-packet of up to 64 KB included (flannelette.vnet); to a flanneld
+host, one inner IPv4 packet per datagram. Both formats are accepted from any
+peer.
 
 The rest of the runtime sees only `DataPath(...)`, `start()`, `stop()`,
 `update_table()` and the counters, so a faster implementation can replace
@@ -15,11 +20,12 @@ import socket
 import struct
 import threading
 from ipaddress import IPv4Address
-from typing import Dict, List
+from typing import Dict, Iterator, List
 
-from flannelette import packet
+from flannelette import packet, vnet
 from flannelette.coalesce import HEADERS, PLAIN, VNET_HDR_LEN, Coalescer
 from flannelette.packet import LeaseTable
+from flannelette.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +41,8 @@ ANCILLARY_SPACE = socket.CMSG_SPACE(GRO_SIZE.size)
 BATCH_BYTES = 60000  # under the 64 KiB a UDP send can carry, however the packets divide it
 MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS before Linux 6.2
 NOT_IPV4 = "not_ipv4"
-DROP_REASONS = packet.DROP_REASONS + (NOT_IPV4,)
-# Per-packet warnings: at most this many per reason per interval, then a summary.
-WARN_BURST, WARN_INTERVAL = 5, 60.0
+DROP_REASONS = packet.DROP_REASONS + (NOT_IPV4,) + vnet.DROP_REASONS
+BURST = 32  # packets or reads one direction handles before the other gets a turn
 
 
 def _segment_size(ancillary) -> int:
@@ -48,30 +53,14 @@ def _segment_size(ancillary) -> int:
     return 0
 
 
-class RateLimitedLog:
-    """Warn about dropped packets without letting a flood of them flood the journal."""
-
-    def __init__(self, clock, burst: int = WARN_BURST, interval: float = WARN_INTERVAL):
-        self.clock, self.burst, self.interval = clock, burst, interval
-        self.windows: Dict[str, list] = {}  # reason -> [window start, logged, suppressed]
-
-    def warn(self, reason: str, message: str, *args) -> None:
-        now = self.clock()
-        window = self.windows.get(reason)
-        if window is None or now - window[0] >= self.interval:
-            if window and window[2]:
-                log.warning("%d more packets dropped (%s) in the last %.0fs", window[2], reason, now - window[0])
-            window = self.windows[reason] = [now, 0, 0]
-        if window[1] < self.burst:
-            window[1] += 1
-            log.warning("dropped (%s): " + message, reason, *args)
-        else:
-            window[2] += 1
-
-
 class DataPath:
-    """Two loops, one per direction, each in its own thread; every syscall releases the GIL,
-    so one loop's I/O overlaps the other's work. An empty queue parks a loop in poll()."""
+    """Two loops, one per direction, taking turns in one thread; both queues empty park it in poll().
+
+    One thread, not one per direction: measured between two namespace hosts,
+    it carries 6-9% more TCP in both modes, because the two directions no
+    longer hand the GIL back and forth, and the ACK a TUN write provokes is
+    read by the thread that is already running.
+    """
 
     def __init__(self, tun_fd: int, sock: socket.socket, table: LeaseTable, mtu: int, tun_address: IPv4Address, clock):
         self.tun_fd, self.sock, self.table, self.mtu = tun_fd, sock, table, mtu
@@ -92,10 +81,9 @@ class DataPath:
     # -- the narrow interface ----------------------------------------------------
 
     def start(self) -> None:
-        for name, loop in (("tun-to-udp", self._tun_to_udp), ("udp-to-tun", self._udp_to_tun)):
-            thread = threading.Thread(target=self._guarded, args=(loop,), name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        thread = threading.Thread(target=self._guarded, args=(self._take_turns,), name="data-path", daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     def stop(self) -> None:
         self._stopping = True
@@ -133,71 +121,112 @@ class DataPath:
             except Exception:
                 log.exception("data path error; continuing")
 
-    def _poller(self, fd: int):
+    def _take_turns(self) -> None:
+        # Each loop is a generator that yields False when its queue is empty
+        # and True after BURST packets, so a busy direction never starves the
+        # other; the thread sleeps in poll() only when both are empty.
+        loops = {self.tun_fd: self._tun_to_udp(), self.sock.fileno(): self._udp_to_tun()}
         poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        poller.register(self._wake_read, select.POLLIN)
-        return poller
+        for fd in (*loops, self._wake_read):
+            poller.register(fd, select.POLLIN)
+        poll, ready = poller.poll, list(loops)
+        while not self._stopping:
+            for fd, _ in poll(0 if ready else None):
+                if fd in loops and fd not in ready:
+                    ready.append(fd)
+            for fd in list(ready):
+                if not next(loops[fd]):
+                    ready.remove(fd)
 
     def _drop(self, reason: str, message: str, *args) -> None:
         self.drops[reason] += 1
         self.warnings.warn(reason, message, *args)
 
-    def _tun_to_udp(self) -> None:
-        # The hot loop. Packets are read straight into a batch buffer (their
-        # virtio-net header, all zero here, aside); a run of equal-sized
-        # packets to one peer leaves in a single sendmsg with UDP_SEGMENT,
-        # which the kernel splits into one datagram per packet, so the wire
-        # carries exactly what flannel sends. The batch goes out as soon as
-        # the TUN queue is empty, so no packet waits for company.
+    def _tun_to_udp(self) -> Iterator[bool]:
+        # The hot loop. Packets are read straight into a batch buffer; a run of
+        # equal-sized ones to one peer leaves in a single sendmsg with
+        # UDP_SEGMENT, which the kernel splits into one datagram per packet.
+        # In flannel's format the virtio-net header is read aside, so the wire
+        # carries exactly what flannel sends; in the fast format it is read in
+        # place, before its packet, and a frame too large for one datagram of
+        # the underlay (a TCP super-packet) leaves on its own (_send_fast).
+        # The batch goes out as soon as the TUN queue is empty, so no packet
+        # waits for company.
         buf = bytearray(BATCH_BYTES + BUFFER_SIZE)
         view = memoryview(buf)
-        readv, fd = os.readv, self.tun_fd
-        iov = [bytearray(VNET_HDR_LEN), view]
+        readv, fd, mtu = os.readv, self.tun_fd, self.mtu
+        header = bytearray(VNET_HDR_LEN)
+        plain_iov, fast_iov = [header, view], [view]
         destination, check, pack_check = DESTINATION.unpack_from, CHECKSUM.unpack_from, CHECKSUM.pack_into
-        wait = self._poller(self.tun_fd).poll
-        flush = self._flush
-        end, count, size, peer = 0, 0, 0, None  # the batch: buf[:end], count packets of size bytes
+        burst = 0
+        flush, send_fast = self._flush, self._send_fast
+        # The batch: buf[:end], count packets (frames, when framed) of size bytes, to peer.
+        end, count, size, peer, framed = 0, 0, 0, None, False
         while not self._stopping:
-            iov[1] = view[end:]
+            table = self.table
+            fast = table.fast
+            if count and fast is not framed:  # the format changed under a batch
+                flush(view, end, count, size, peer, framed)
+                end = count = 0
             try:
-                n = readv(fd, iov) - VNET_HDR_LEN
+                if fast:
+                    fast_iov[0] = view[end:]
+                    n = readv(fd, fast_iov) - VNET_HDR_LEN
+                    at = end + VNET_HDR_LEN
+                else:
+                    plain_iov[1] = view[end:]
+                    n = readv(fd, plain_iov) - VNET_HDR_LEN
+                    at = end
             except BlockingIOError:
                 if count:
-                    flush(view, end, count, size, peer)
+                    flush(view, end, count, size, peer, framed)
                     end = count = 0
-                wait()
+                yield False
                 continue
-            if n < 20 or buf[end] >> 4 != 4:
+            burst += 1
+            if burst == BURST:
+                burst = 0
+                yield True
+            if n < 20 or buf[at] >> 4 != 4:
                 self._drop(NOT_IPV4, "%d bytes from the TUN device are not an IPv4 packet", n)
                 continue
-            table = self.table
-            to = table.by_subnet.get(destination(buf, end + 16)[0] >> table.shift)
+            to = table.by_subnet.get(destination(buf, at + 16)[0] >> table.shift)
             if to is None:
-                self._unreachable(view[end:end + n])
+                self._unreachable(view[at:at + n])
                 continue
-            ttl = buf[end + 8]
+            ttl = buf[at + 8]
             if ttl <= 1:
                 self._drop(packet.TTL_EXPIRED, "TTL expired for %s", to.host)
                 continue
-            buf[end + 8] = ttl - 1
-            total = (~check(buf, end + 10)[0] & 0xFFFF) + 0xFEFF  # RFC 1624, as packet.decrement_ttl
-            pack_check(buf, end + 10, ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF)
+            buf[at + 8] = ttl - 1
+            total = (~check(buf, at + 10)[0] & 0xFFFF) + 0xFEFF  # RFC 1624, as packet.decrement_ttl
+            pack_check(buf, at + 10, ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF)
+            if fast:
+                n += VNET_HDR_LEN  # what is batched is the frame
+                if n > mtu:
+                    if count:
+                        flush(view, end, count, size, peer, framed)
+                    send_fast(view[end:end + n], to)
+                    end = count = 0
+                    continue
+            elif header[0] & vnet.F_NEEDS_CSUM or header[1]:
+                self._drop(vnet.OFFLOAD_TO_PLAIN_PEER, "%d bytes to %s need the kernel's offloads", n, to.host)
+                continue
             if count and (to is not peer or n > size):
-                flush(view, end, count, size, peer)  # this packet can't join: send the batch
+                flush(view, end, count, size, peer, framed)  # this packet can't join: send the batch
                 buf[:n] = buf[end:end + n]
                 end = count = 0
             if not count:
-                peer, size = to, n
+                peer, size, framed = to, n, fast
             end += n
             count += 1
             if n < size or end + size > BATCH_BYTES or count == MAX_SEGMENTS:  # a short packet ends a batch
-                flush(view, end, count, size, peer)
+                flush(view, end, count, size, peer, framed)
                 end = count = 0
         if count:
-            flush(view, end, count, size, peer)
+            flush(view, end, count, size, peer, framed)
 
-    def _flush(self, view, end: int, count: int, size: int, peer) -> None:
+    def _flush(self, view, end: int, count: int, size: int, peer, framed: bool) -> None:
         try:
             if count == 1 or not self.gso:
                 self._send_each(view, end, size, peer)
@@ -207,13 +236,41 @@ class DataPath:
             if e.errno in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT) and self.gso and count > 1:
                 log.info("UDP segmentation offload unavailable (%s); sending one datagram per call", e.strerror)
                 self.gso = False
-                return self._flush(view, end, count, size, peer)
+                return self._flush(view, end, count, size, peer, framed)
             self.drops[packet.SEND_FAILED] += count
             self.warnings.warn(packet.SEND_FAILED, "%d packets to %s (%s): %s", count, peer.host, peer.address[0], e.strerror)
             return None
         counts = peer.counts
         counts[0] += count
-        counts[1] += end
+        counts[1] += end - VNET_HDR_LEN * count if framed else end
+        return None
+
+    def _send_fast(self, frame, peer) -> None:
+        # A frame too large for one datagram of the underlay: a super-packet
+        # is cut by the kernel (UDP_SEGMENT) into datagrams the underlay
+        # carries whole, the last one always shorter, so the peer's UDP_GRO
+        # hands the frame over in one read, and ends the read there. Between
+        # namespaces it never even leaves the kernel as datagrams. Anything
+        # else, or without UDP_SEGMENT, leaves as one datagram, which the
+        # kernel fragments (the socket does not set DF).
+        length = len(frame)
+        try:
+            if frame[1] and self.gso:
+                chunk = self.mtu if length % self.mtu else self.mtu - 4
+                self.sock.sendmsg([frame], [(SOL_UDP, UDP_SEGMENT, SEGMENT.pack(chunk))], 0, peer.address)
+            else:
+                self.sock.sendto(frame, peer.address)
+        except OSError as e:
+            if e.errno in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT) and self.gso and frame[1]:
+                log.info("UDP segmentation offload unavailable (%s); sending one datagram per call", e.strerror)
+                self.gso = False
+                return self._send_fast(frame, peer)
+            self.drops[packet.SEND_FAILED] += 1
+            self.warnings.warn(packet.SEND_FAILED, "%d bytes to %s (%s): %s", length, peer.host, peer.address[0], e.strerror)
+            return None
+        counts = peer.counts
+        counts[0] += 1
+        counts[1] += length - VNET_HDR_LEN
         return None
 
     def _send_each(self, view, end: int, size: int, peer) -> None:
@@ -227,7 +284,7 @@ class DataPath:
         if reply is not None and self._write_tun(PLAIN + reply):
             self.icmp_sent += 1
 
-    def _udp_to_tun(self) -> None:
+    def _udp_to_tun(self) -> Iterator[bool]:
         # With UDP_GRO the kernel may hand over several datagrams of one sender
         # in one read, all of the size it reports, the last maybe shorter;
         # each is checked on its own, then consecutive TCP segments are written
@@ -236,16 +293,20 @@ class DataPath:
         view = memoryview(buf)
         recvmsg_into, bufs = self.sock.recvmsg_into, [buf]
         coalescer = Coalescer(self._write_tun)
-        wait = self._poller(self.sock.fileno()).poll
+        burst = 0
         while not self._stopping:
             try:
                 got, ancillary, _, sender = recvmsg_into(bufs, ANCILLARY_SPACE, MSG_DONTWAIT)
             except BlockingIOError:
-                wait()
+                yield False
                 continue
             except OSError as e:  # e.g. a queued ICMP error for an earlier send
                 log.debug("UDP receive: %s", e)
                 continue
+            burst += 1
+            if burst == BURST:
+                burst = 0
+                yield True
             peer = self.table.by_public_ip.get(sender[0])
             if peer is None:
                 self._drop(packet.UNKNOWN_PEER, "%d bytes from %s:%d", got, sender[0], sender[1])
@@ -264,6 +325,14 @@ class DataPath:
             fields = headers(view, start) if n >= HEADERS.size else None
             if fields is None or not (fields[0] == 0x45 and fields[2] == n <= mtu and fields[5] > 1
                                       and fields[8] >> shift == source_key and fields[9] >> shift == own_key):
+                if vnet.is_fast(view[start]):
+                    coalescer.flush()  # in order with what went before
+                    n = vnet.span(view, start, n, got)
+                    if self._deliver_fast(table, view[start:start + n], n, sender):
+                        delivered += 1
+                        carried += n - VNET_HDR_LEN
+                    start += n
+                    continue
                 if not self._acceptable(table, view[start:start + n], n, sender):
                     start += n
                     continue
@@ -276,6 +345,18 @@ class DataPath:
         counts = peer.counts
         counts[2] += delivered
         counts[3] += carried
+
+    def _deliver_fast(self, table, frame, n: int, sender) -> bool:
+        """Check a fast-mode datagram and write it into the TUN device as it came, TTL aside."""
+        inner = frame[VNET_HDR_LEN:]
+        problem = vnet.problem(frame, n, self.mtu) or table.sender_problem(sender[0], inner)
+        if problem is None and inner[8] <= 1:
+            problem = packet.TTL_EXPIRED
+        if problem is not None:
+            self._drop(problem, "%d bytes (fast format) from %s:%d", n, sender[0], sender[1])
+            return False
+        packet.decrement_ttl(inner)  # in the one header the kernel copies into every segment
+        return self._write_tun(frame)
 
     def _acceptable(self, table, data, n: int, sender) -> bool:
         """The full check, for a packet the inline one did not pass; drops and counts it when bad."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from flannelette import config
-from flannelette.config import ConfigError, Lease, NetConf, Problem
+from flannelette.config import WIRE_FLANNELETTE, ConfigError, Lease, NetConf, Problem
 from flannelette.problems import schema_problems
 from flannelette.plan import HostSpec, Plan, make_plan
 
@@ -125,7 +125,8 @@ def _host_spec(name: str, data: dict, problems: list) -> Optional[HostSpec]:
         problems.append(Problem(name, "flannel_iface", f"{iface!r} is not a Linux interface name (1-15 characters, no '/', ':' or spaces)"))
     if len(problems) > before:
         return None
-    return HostSpec(name, public_ip, subnet, iface, data.get("flannel_ip_masq", True))
+    return HostSpec(name, public_ip, subnet, iface, data.get("flannel_ip_masq", True),
+                    data.get("flannel_wire", WIRE_FLANNELETTE))
 
 
 def _public_ip(name: str, data: dict, problems: list) -> Optional[IPv4Address]:

@@ -49,6 +49,8 @@ def render(state) -> str:
                [(labels(direction="tx"), tx_p), (labels(direction="rx"), rx_p)])
     out.metric("bytes_total", "counter", "Inner packet bytes carried, by direction.",
                [(labels(direction="tx"), tx_b), (labels(direction="rx"), rx_b)])
+    out.metric("wire_fast", "gauge", "1 when this host sends the fast format to its peers, 0 for flannel's (docs/wire.md).",
+               [("", int(path.table.fast) if path else 0)])
     drops = path.drops.items() if path else ()
     out.metric("drops_total", "counter", "Packets and datagrams dropped, by reason.",
                [(labels(reason=reason), count) for reason, count in drops])

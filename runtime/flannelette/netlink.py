@@ -6,12 +6,16 @@ changes only what differs, so running it twice changes nothing the second time.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import List, Optional
 
 from pyroute2 import IPRoute  # noqa: F401  (re-exported: the one way in for callers)
+from pyroute2.netlink.exceptions import NetlinkError as KernelRefusal
+
+log = logging.getLogger(__name__)
 
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 # The outer IPv4 (20 bytes) and UDP (8 bytes) headers each inner packet carries.
@@ -89,6 +93,18 @@ def ensure_addresses(ipr, index: int, wanted: List[IPv4Interface]) -> None:
 def ensure_route(ipr, destination: IPv4Network, index: int) -> None:
     """Route `destination` through link `index`; `replace` is a no-op when it already does."""
     ipr.route("replace", dst=str(destination.network_address), dst_len=destination.prefixlen, oif=index)
+
+
+def limit_gso(ipr, index: int, size: int) -> bool:
+    """Keep the link's GSO packets at most `size` bytes; False where the kernel won't (before Linux 5.19)."""
+    if ipr.get_links(index)[0].get_attr("IFLA_GSO_MAX_SIZE") == size:
+        return True
+    try:
+        ipr.link("set", index=index, gso_max_size=size)
+    except KernelRefusal as e:  # older kernels refuse the attribute on an existing link, or ignore it
+        log.info("gso_max_size %d: %s", size, e)
+        return False
+    return ipr.get_links(index)[0].get_attr("IFLA_GSO_MAX_SIZE") == size
 
 
 def bridge_ports(ipr, index: int) -> List[str]:

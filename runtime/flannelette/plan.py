@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Iterable, Optional
 
-from flannelette.config import ConfigError, Lease, NetConf, Problem, lease_conflicts
+from flannelette.config import WIRE_FLANNELETTE, ConfigError, Lease, NetConf, Problem, lease_conflicts
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class HostSpec:
     subnet: Optional[IPv4Network] = None  # static subnet, from flannel_subnet
     iface: Optional[str] = None
     ip_masq: bool = True
+    wire: str = WIRE_FLANNELETTE  # from flannel_wire: "flannel" for a flanneld host
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def make_plan(
     free = _free_subnets(net_conf, set(chosen.values()), set(allocated.values()))
     for name in missing:
         chosen[name] = next(free)
-    leases = tuple(Lease(h.name, chosen[h.name], h.public_ip) for h in hosts)
+    leases = tuple(Lease(h.name, chosen[h.name], h.public_ip, h.wire) for h in hosts)
     problems = lease_conflicts(list(leases), "inventory")
     if problems:
         raise ConfigError(problems)

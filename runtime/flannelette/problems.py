@@ -101,6 +101,8 @@ def _describe(error, schema) -> str:
         return f"{error.value!r} is {kind(error.value)}, but must be {' or '.join(_type_word(t) for t in wanted)}"
     if error.code == E.EMPTY_NOT_ALLOWED.code:
         return "must not be empty"
+    if error.code == E.UNALLOWED_VALUE.code:
+        return f"{error.value!r} is not one of {', '.join(map(str, error.constraint))}"
     return f"{error.value!r}: {error.rule} {error.constraint!r} not met"
 
 

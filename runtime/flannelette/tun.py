@@ -13,6 +13,11 @@ IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000  # bare IP packets, no 4-byte packet-info prefix: flannel's framing
 IFF_VNET_HDR = 0x4000  # a virtio-net header before each packet, to write coalesced TCP
 IFNAMSIZ = 16
+TUNSETOFFLOAD = 0x400454D0
+# What the kernel may leave undone in packets it hands over: checksums, and TCP
+# segmentation (whole super-packets of up to gso_max_size bytes).
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
+OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
 
 
 class TunError(Exception):
@@ -48,3 +53,12 @@ def _setiff_message(name: str, error: OSError) -> str:
     if error.errno == errno.EINVAL:
         return f"{name} exists and is not a TUN device; remove it (ip link del {name}) and start again"
     return f"can't attach TUN device {name}: {error.strerror}"
+
+
+def set_offload(fd: int, on: bool) -> None:
+    """Let flannel0 hand over TCP super-packets with checksums pending (on), or finished packets only (off).
+
+    Callable on the open fd at any time; packets already queued keep the form
+    they were queued in.
+    """
+    fcntl.ioctl(fd, TUNSETOFFLOAD, OFFLOADS if on else 0)

@@ -130,9 +130,13 @@ class Host:
         self.log_path = os.path.join(cluster.workdir, f"{self.name}.log")
         self.notes = None
         self.pods = 0
+        self.wire = None  # "flannel" marks a flanneld host in leases.json
 
     def lease(self):
-        return {"host": self.name, "subnet": str(self.subnet), "public_ip": self.public_ip}
+        lease = {"host": self.name, "subnet": str(self.subnet), "public_ip": self.public_ip}
+        if self.wire:
+            lease["wire"] = self.wire
+        return lease
 
     def run(self, *argv, check=True, timeout=60):
         return sh("ip", "netns", "exec", self.ns, *argv, check=check, timeout=timeout)
@@ -193,6 +197,9 @@ class Host:
 
     def drops(self, reason):
         return self.metrics().get(("flannelette_drops_total", (("reason", reason),)), 0)
+
+    def metric(self, name, **labels):
+        return self.metrics().get((f"flannelette_{name}", tuple(sorted(labels.items()))), 0)
 
     def links(self):
         return {line.split()[0].split("@")[0] for line in self.run("ip", "-br", "link").stdout.splitlines()}

@@ -112,6 +112,8 @@ BAD_NET_CONFS = [
     ("port too high", {"Network": "10.244.0.0/16", "Backend": {"Type": "udp", "Port": 65536}}, "Backend.Port", "65536"),
     ("port string", {"Network": "10.244.0.0/16", "Backend": {"Type": "udp", "Port": "8285"}}, "Backend.Port", "'8285'"),
     ("backend typo", {"Network": "10.244.0.0/16", "Backend": {"Type": "udp", "Prot": 1}}, "Backend.Prot", "did you mean Port"),
+    ("wire unknown", {"Network": "10.244.0.0/16", "Backend": {"Type": "udp", "Wire": "fast"}}, "Backend.Wire",
+     "'fast' is not one of auto, flannel"),
     ("backend not an object", {"Network": "10.244.0.0/16", "Backend": "udp"}, "Backend", "'udp'"),
     ("IPv6 on", {"Network": "10.244.0.0/16", "EnableIPv6": True}, "EnableIPv6", "not supported by the udp backend"),
     ("IPv4 off", {"Network": "10.244.0.0/16", "EnableIPv4": False}, "EnableIPv4", "false"),
@@ -187,6 +189,8 @@ BAD_LEASES = [
     ("duplicate subnet", _with(1, subnet="10.244.1.0/24"), "subnet", "10.244.1.0/24 is held by both node1 and node2"),
     ("duplicate public ip", _with(1, public_ip="192.168.56.11"), "public_ip", "192.168.56.11"),
     ("duplicate host", _with(1, host="node1"), "host", "node1"),
+    ("wire unknown", _with(1, wire="vxlan"), "leases[1].wire", "'vxlan' is not one of flannel, flannelette"),
+    ("wire not a string", _with(0, wire=1), "leases[0].wire", "1 is a number"),
 ]
 
 
@@ -196,3 +200,16 @@ def test_bad_leases_name_field_and_value(doc, field, value):
         config.parse_leases(doc, net_conf(), where="leases.json")
     lines = str(raised.value).splitlines()
     assert any(line.startswith(f"leases.json: {field}: ") and value in line for line in lines), lines
+
+
+def test_a_lease_marks_a_flanneld_host_and_the_default_is_left_out():
+    doc = _with(1, wire="flannel")
+    leases = config.parse_leases(doc, net_conf())
+    assert [lease.wire for lease in leases] == ["flannelette", "flannel"]
+    assert json.loads(config.render_leases(leases)) == doc
+    assert json.loads(config.render_leases(config.parse_leases(_with(0, wire="flannelette"), net_conf()))) == LEASES
+
+
+def test_backend_wire_defaults_to_auto_and_can_force_flannel():
+    assert net_conf().wire == "auto"
+    assert net_conf(Backend={"Type": "udp", "wire": "flannel"}).wire == "flannel"

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from flannelette import packet
 from flannelette.coalesce import VNET_HDR_LEN
 from flannelette.config import Lease
-from flannelette.datapath import DataPath, RateLimitedLog
+from flannelette.datapath import DataPath
+from flannelette.ratelimit import RateLimitedLog
 from ipv4_packets import ipv4
 
 OWN = Lease("a", IPv4Network("10.244.1.0/24"), IPv4Address("127.0.0.1"))
@@ -22,7 +23,7 @@ MTU = 1472
 class Rig:
     """A running DataPath whose TUN is `self.tun` and whose peers are loopback sockets."""
 
-    def __init__(self, leases):
+    def __init__(self, leases, fast=False):
         self.tun, tun_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.tun.settimeout(2)
         tun_end.setblocking(False)
@@ -34,20 +35,23 @@ class Rig:
         self.peer.settimeout(2)
         self.stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.stranger.bind(("127.0.0.9", 0))
-        table = packet.LeaseTable(OWN, leases, 24, port)
+        table = packet.LeaseTable(OWN, leases, 24, port, force_flannel=not fast)
         self.path = DataPath(tun_end.fileno(), self.sock, table, MTU, IPv4Address("10.244.1.0"), time.monotonic)
         self._keep = tun_end
         self.port = port
         self.path.start()
 
-    def tun_send(self, data):
-        """What the kernel would put on the TUN fd: a plain virtio-net header, then the packet."""
-        self.tun.send(bytes(VNET_HDR_LEN) + bytes(data))
+    def tun_send(self, data, header=bytes(VNET_HDR_LEN)):
+        """What the kernel would put on the TUN fd: a virtio-net header (plain by default), then the packet."""
+        self.tun.send(bytes(header) + bytes(data))
 
     def tun_recv(self):
-        frame = self.tun.recv(70000)
+        frame = self.tun_recv_frame()
         assert frame[:VNET_HDR_LEN] == bytes(VNET_HDR_LEN)
         return frame[VNET_HDR_LEN:]
+
+    def tun_recv_frame(self):
+        return self.tun.recv(70000)
 
     def close(self):
         self.path.stop()
@@ -57,6 +61,14 @@ class Rig:
     def wait_drops(self, reason, count):
         eventually(lambda: self.path.drops[reason] >= count)
         return self.path.drops[reason]
+
+    def assert_dropped(self, sender, data, reason):
+        """A datagram from `sender` is dropped, counted under `reason`, and nothing reaches the TUN."""
+        getattr(self, sender).sendto(data, ("127.0.0.1", self.port))
+        assert self.wait_drops(reason, 1) == 1
+        self.tun.settimeout(0.2)
+        with pytest.raises(socket.timeout):
+            self.tun_recv_frame()
 
 
 def eventually(condition, timeout=3.0):
@@ -70,6 +82,13 @@ def eventually(condition, timeout=3.0):
 @pytest.fixture
 def rig():
     r = Rig([OWN, PEER])
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def fast_rig():
+    r = Rig([OWN, PEER], fast=True)
     yield r
     r.close()
 
@@ -111,11 +130,7 @@ def test_datagram_from_peer_enters_tun(rig):
     ("peer", b"\x60" + bytes(39), packet.MALFORMED),
 ])
 def test_bad_datagrams_are_dropped_and_counted(rig, sender, payload, reason):
-    getattr(rig, sender).sendto(payload, ("127.0.0.1", rig.port))
-    assert rig.wait_drops(reason, 1) == 1
-    rig.tun.settimeout(0.2)
-    with pytest.raises(socket.timeout):
-        rig.tun_recv()
+    rig.assert_dropped(sender, payload, reason)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

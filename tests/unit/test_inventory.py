@@ -37,9 +37,9 @@ def test_public_ip_from_flannel_public_ip_ssh_hostname_or_name():
 
 def test_host_keys_are_read():
     inv = make_inventory({"node1": {"ssh_hostname": "192.168.56.11", "flannel_subnet": "10.244.7.0/24",
-                                    "flannel_iface": "eth1", "flannel_ip_masq": False}})
+                                    "flannel_iface": "eth1", "flannel_ip_masq": False, "flannel_wire": "flannel"}})
     host = inventory.read_hosts(inv)[1][0]
-    assert (str(host.subnet), host.iface, host.ip_masq) == ("10.244.7.0/24", "eth1", False)
+    assert (str(host.subnet), host.iface, host.ip_masq, host.wire) == ("10.244.7.0/24", "eth1", False, "flannel")
 
 
 def test_other_deploys_keys_are_left_alone():
@@ -62,6 +62,8 @@ BAD_HOSTS = [
     ("iface with slash", {"ssh_hostname": "192.168.56.11", "flannel_iface": "eth/1"}, "flannel_iface", "'eth/1'"),
     ("iface empty", {"ssh_hostname": "192.168.56.11", "flannel_iface": ""}, "flannel_iface", "empty"),
     ("ip masq a string", {"ssh_hostname": "192.168.56.11", "flannel_ip_masq": "yes"}, "flannel_ip_masq", "'yes'"),
+    ("wire unknown", {"ssh_hostname": "192.168.56.11", "flannel_wire": "fast"}, "flannel_wire",
+     "'fast' is not one of flannel, flannelette"),
     ("net conf a number", {"ssh_hostname": "192.168.56.11", "flannel_net_conf": 5}, "flannel_net_conf", "5"),
 ]
 

@@ -24,6 +24,12 @@ def test_static_subnets_are_kept_and_others_allocated_lowest_first():
     assert plan.new == ("node2", "node3")
 
 
+def test_a_flanneld_host_is_marked_on_its_lease():
+    flanneld = HostSpec("node2", IPv4Address("192.168.56.2"), wire="flannel")
+    plan = make_plan(NET, [host(1), flanneld], allocate=True)
+    assert [lease.wire for lease in plan.leases] == ["flannelette", "flannel"]
+
+
 def test_allocations_are_kept():
     allocations = [Lease("node2", IPv4Network("10.244.9.0/24"), IPv4Address("192.168.56.2"))]
     plan = make_plan(NET, [host(1), host(2)], allocations, allocate=True)
