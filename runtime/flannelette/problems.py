@@ -131,19 +131,18 @@ def _type_word(name: str) -> str:
     return _TYPE_WORDS.get(name, name)
 
 
+# In order: a bool is also an int.
+_KINDS = (
+    (bool, "a boolean"),
+    (int, "a number"),
+    (float, "a fractional number"),
+    (str, "a string"),
+    (dict, "an object"),
+    (list, "a list"),
+    (type(None), "null"),
+)
+
+
 def kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "a number"
-    if isinstance(value, float):
-        return "a fractional number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list):
-        return "a list"
-    if value is None:
-        return "null"
-    return type(value).__name__
+    """How a person would name the JSON type of `value`."""
+    return next((word for cls, word in _KINDS if isinstance(value, cls)), type(value).__name__)
