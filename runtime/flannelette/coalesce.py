@@ -108,18 +108,26 @@ class Coalescer:
         return count
 
     def _finish_headers(self) -> None:
-        out, ip = self.out, VNET_HDR_LEN
-        length = self.end - ip
-        H.pack_into(out, ip + 2, length)
-        H.pack_into(out, ip + 10, 0)
-        H.pack_into(out, ip + 10, _checksum(out[ip:ip + 20]))
-        out[ip + 33] = self.flags
-        H.pack_into(out, ip + 34, self.window)
-        # CHECKSUM_PARTIAL: the check field holds the pseudo-header sum; the stack
-        # completes (or, delivering locally, trusts) the rest.
-        H.pack_into(out, ip + 20 + TCP_CHECK_OFFSET, _pseudo_header_sum(out, ip, length - 20))
-        VNET_HDR.pack_into(out, 0, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4,
-                           self.header_len, self.mss, 20, TCP_CHECK_OFFSET)
+        finish_gso(self.out, self.end - VNET_HDR_LEN, self.header_len, self.mss, self.flags, self.window)
+
+
+def finish_gso(out, length: int, header_len: int, mss: int, flags: int, window: int) -> None:
+    """Make `out` (virtio-net header, then the first segment's headers, TTL already lowered) head a joined packet.
+
+    The IPv4 packet is `length` bytes; the kernel cuts it back into segments of
+    `mss` bytes of payload if it has to forward it.
+    """
+    ip = VNET_HDR_LEN
+    H.pack_into(out, ip + 2, length)
+    H.pack_into(out, ip + 10, 0)
+    H.pack_into(out, ip + 10, _checksum(out[ip:ip + 20]))
+    out[ip + 33] = flags
+    H.pack_into(out, ip + 34, window)
+    # CHECKSUM_PARTIAL: the check field holds the pseudo-header sum; the stack
+    # completes (or, delivering locally, trusts) the rest.
+    H.pack_into(out, ip + 20 + TCP_CHECK_OFFSET, _pseudo_header_sum(out, ip, length - 20))
+    VNET_HDR.pack_into(out, 0, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4,
+                       header_len, mss, 20, TCP_CHECK_OFFSET)
 
 
 def _fold(total: int) -> int:

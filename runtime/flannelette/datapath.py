@@ -22,8 +22,8 @@ import threading
 from ipaddress import IPv4Address
 from typing import Dict, Iterator, List
 
-from flannelette import packet, vnet
-from flannelette.coalesce import HEADERS, PLAIN, VNET_HDR_LEN, Coalescer
+from flannelette import batch, packet, vnet
+from flannelette.coalesce import HEADERS, PLAIN, VNET_HDR_LEN, Coalescer, finish_gso
 from flannelette.packet import LeaseTable
 from flannelette.ratelimit import RateLimitedLog
 
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 BUFFER_SIZE = 65536  # larger than any datagram, so an oversized one is seen whole and counted
 CHECKSUM = struct.Struct("!H")  # at offset 10
 DESTINATION = struct.Struct("!I")  # at offset 16
+IPV4 = struct.Struct("!B1xH4xBxHII")  # version and IHL, total length, TTL, checksum, source, destination
 MSG_DONTWAIT = socket.MSG_DONTWAIT
 # UDP segmentation offload (Linux 4.18) and receive coalescing (5.0).
 SOL_UDP, UDP_SEGMENT, UDP_GRO = 17, 103, 104
@@ -143,100 +144,144 @@ class DataPath:
         self.warnings.warn(reason, message, *args)
 
     def _tun_to_udp(self) -> Iterator[bool]:
-        # The hot loop. Packets are read straight into a batch buffer; a run of
-        # equal-sized ones to one peer leaves in a single sendmsg with
-        # UDP_SEGMENT, which the kernel splits into one datagram per packet.
-        # In flannel's format the virtio-net header is read aside, so the wire
-        # carries exactly what flannel sends; in the fast format it is read in
+        # The hot loop: one read per packet and little else. Each packet is
+        # read into a batch buffer behind the ones before; while they are of
+        # one size they form a run, which is checked, TTL-decremented and sent
+        # as a whole (_send_run), a shorter packet ending it. In flannel's
+        # format the virtio-net headers are read aside, so the wire carries
+        # exactly what flannel sends; in the fast format each is read in
         # place, before its packet, and a frame too large for one datagram of
-        # the underlay (a TCP super-packet) leaves on its own (_send_fast).
-        # The batch goes out as soon as the TUN queue is empty, so no packet
-        # waits for company.
+        # the underlay (a TCP super-packet) leaves on its own. The run goes
+        # out as soon as the TUN queue is empty, so no packet waits for company.
         buf = bytearray(BATCH_BYTES + BUFFER_SIZE)
         view = memoryview(buf)
-        readv, fd, mtu = os.readv, self.tun_fd, self.mtu
-        header = bytearray(VNET_HDR_LEN)
-        plain_iov, fast_iov = [header, view], [view]
-        destination, check, pack_check = DESTINATION.unpack_from, CHECKSUM.unpack_from, CHECKSUM.pack_into
-        burst = 0
-        flush, send_fast = self._flush, self._send_fast
-        # The batch: buf[:end], count packets (frames, when framed) of size bytes, to peer.
-        end, count, size, peer, framed = 0, 0, 0, None, False
+        headers = bytearray(VNET_HDR_LEN * (MAX_SEGMENTS + 1))
+        header_slots = [memoryview(headers)[i:i + VNET_HDR_LEN] for i in range(0, len(headers), VNET_HDR_LEN)]
+        readv, fd, mtu, send_run = os.readv, self.tun_fd, self.mtu, self._send_run
+        plain_iov, fast_iov = [header_slots[0], view], [view]
+        table, burst = self.table, 0
+        fast = table.fast
+        # The run: buf[:end], count packets (frames, when fast) of size bytes, the last maybe shorter.
+        end, count, size = 0, 0, -1
         while not self._stopping:
-            table = self.table
-            fast = table.fast
-            if count and fast is not framed:  # the format changed under a batch
-                flush(view, end, count, size, peer, framed)
-                end = count = 0
+            if self.table is not table:  # a reload: what is read from here on follows the new table
+                if count:
+                    send_run(view, headers, end, count, size, fast)
+                    end, count, size = 0, 0, -1
+                table = self.table
+                fast = table.fast
             try:
                 if fast:
                     fast_iov[0] = view[end:]
-                    n = readv(fd, fast_iov) - VNET_HDR_LEN
-                    at = end + VNET_HDR_LEN
+                    n = readv(fd, fast_iov)
                 else:
-                    plain_iov[1] = view[end:]
+                    plain_iov[0], plain_iov[1] = header_slots[count], view[end:]
                     n = readv(fd, plain_iov) - VNET_HDR_LEN
-                    at = end
             except BlockingIOError:
                 if count:
-                    flush(view, end, count, size, peer, framed)
-                    end = count = 0
+                    send_run(view, headers, end, count, size, fast)
+                    end, count, size = 0, 0, -1
                 yield False
                 continue
             burst += 1
             if burst == BURST:
                 burst = 0
                 yield True
-            if n < 20 or buf[at] >> 4 != 4:
-                self._drop(NOT_IPV4, "%d bytes from the TUN device are not an IPv4 packet", n)
-                continue
-            to = table.by_subnet.get(destination(buf, at + 16)[0] >> table.shift)
-            if to is None:
-                self._unreachable(view[at:at + n])
-                continue
-            ttl = buf[at + 8]
-            if ttl <= 1:
-                self._drop(packet.TTL_EXPIRED, "TTL expired for %s", to.host)
-                continue
-            buf[at + 8] = ttl - 1
-            total = (~check(buf, at + 10)[0] & 0xFFFF) + 0xFEFF  # RFC 1624, as packet.decrement_ttl
-            pack_check(buf, at + 10, ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF)
-            if fast:
-                n += VNET_HDR_LEN  # what is batched is the frame
-                if n > mtu:
-                    if count:
-                        flush(view, end, count, size, peer, framed)
-                    send_fast(view[end:end + n], to)
-                    end = count = 0
-                    continue
-            elif header[0] & vnet.F_NEEDS_CSUM or header[1]:
-                self._drop(vnet.OFFLOAD_TO_PLAIN_PEER, "%d bytes to %s need the kernel's offloads", n, to.host)
-                continue
-            if count and (to is not peer or n > size):
-                flush(view, end, count, size, peer, framed)  # this packet can't join: send the batch
+            if n == size:
+                end += n
+                count += 1
+                if count == MAX_SEGMENTS or end + size > BATCH_BYTES:
+                    send_run(view, headers, end, count, size, fast)
+                    end, count, size = 0, 0, -1
+            elif fast and n > mtu:  # a super-packet: alone, cut by the kernel (_send_fast)
+                if count:
+                    send_run(view, headers, end, count, size, fast)
+                self._send_frame(view[end:end + n])
+                end, count, size = 0, 0, -1
+            elif not count:
+                end, count, size = n, 1, n
+            elif n < size:  # a shorter packet ends the run
+                send_run(view, headers, end + n, count + 1, size, fast)
+                end, count, size = 0, 0, -1
+            else:  # a longer one starts the next
+                send_run(view, headers, end, count, size, fast)
                 buf[:n] = buf[end:end + n]
-                end = count = 0
-            if not count:
-                peer, size, framed = to, n, fast
-            end += n
-            count += 1
-            if n < size or end + size > BATCH_BYTES or count == MAX_SEGMENTS:  # a short packet ends a batch
-                flush(view, end, count, size, peer, framed)
-                end = count = 0
+                headers[:VNET_HDR_LEN] = header_slots[count]
+                end, count, size = n, 1, n
         if count:
-            flush(view, end, count, size, peer, framed)
+            send_run(view, headers, end, count, size, fast)
 
-    def _flush(self, view, end: int, count: int, size: int, peer, framed: bool) -> None:
+    def _send_run(self, view, headers, end: int, count: int, size: int, framed: bool) -> None:
+        """Send buf[:end]: count packets (frames) of `size` bytes, the last maybe shorter, checked all at once when they can be."""
+        table = self.table
+        full, tail = divmod(end, size)
+        at = VNET_HDR_LEN if framed else 0
+        peer = None
+        if size >= at + batch.IPV4_MIN and (not tail or tail >= at + batch.IPV4_MIN) \
+                and (framed or headers.count(0, 0, VNET_HDR_LEN * count) == VNET_HDR_LEN * count):
+            fields = batch.outbound_layout(full, size, at).unpack_from(view, 0)
+            key = batch.outbound_key(fields, full, table.shift)
+            if tail and key is not None and batch.outbound_key(batch.OUTBOUND.unpack_from(view, full * size + at), 1,
+                                                               table.shift) != key:
+                key = None
+            peer = table.by_subnet.get(key) if key is not None else None
+        if peer is None:  # something to drop, answer or send elsewhere: packet by packet
+            self._send_each(view, headers, end, count, size, framed)
+            return
+        batch.decrement_ttls(view, at, fields[batch.OUT_CHECK::batch.OUT_WIDTH], full, size)
+        if tail:
+            packet.decrement_ttl(view[full * size + at:end])
+        self._send(view, end, count, size, peer, framed)
+
+    def _send_each(self, view, headers, end: int, count: int, size: int, framed: bool) -> None:
+        """The run packet by packet: each is checked on its own, dropped or answered with its reason, or sent alone."""
+        table, at = self.table, VNET_HDR_LEN if framed else 0
+        for i, start in enumerate(range(0, end, size)):
+            n = min(size, end - start)
+            header = None if framed else headers[i * VNET_HDR_LEN:(i + 1) * VNET_HDR_LEN]
+            peer = self._route(table, view[start + at:start + n], n - at, header)
+            if peer is not None:
+                self._send(view[start:], n, 1, n, peer, framed)
+
+    def _route(self, table, data, n: int, header):
+        """The peer a packet read from flannel0 goes to, its TTL lowered; None when it is dropped or answered."""
+        if n < packet.IPV4_HEADER_LEN or data[0] >> 4 != 4:
+            self._drop(NOT_IPV4, "%d bytes from the TUN device are not an IPv4 packet", n)
+            return None
+        peer = table.by_subnet.get(DESTINATION.unpack_from(data, 16)[0] >> table.shift)
+        if peer is None:
+            self._unreachable(data[:n])
+            return None
+        if data[8] <= 1:
+            self._drop(packet.TTL_EXPIRED, "TTL expired for %s", peer.host)
+            return None
+        if header is not None and (header[0] & vnet.F_NEEDS_CSUM or header[1]):
+            self._drop(vnet.OFFLOAD_TO_PLAIN_PEER, "%d bytes to %s need the kernel's offloads", n, peer.host)
+            return None
+        packet.decrement_ttl(data)
+        return peer
+
+    def _send_frame(self, frame) -> None:
+        """A fast-mode frame too large for one datagram: checked, then cut by the kernel."""
+        peer = self._route(self.table, frame[VNET_HDR_LEN:], len(frame) - VNET_HDR_LEN, None)
+        if peer is not None:
+            self._send_fast(frame, peer)
+
+    def _send(self, view, end: int, count: int, size: int, peer, framed: bool) -> None:
         try:
-            if count == 1 or not self.gso:
-                self._send_each(view, end, size, peer)
-            else:
+            if count == 1:
+                self.sock.sendto(view[:end], peer.address)
+            elif self.gso:
                 self.sock.sendmsg([view[:end]], [(SOL_UDP, UDP_SEGMENT, SEGMENT.pack(size))], 0, peer.address)
+            else:
+                sendto, address = self.sock.sendto, peer.address
+                for start in range(0, end, size):
+                    sendto(view[start:min(start + size, end)], address)
         except OSError as e:
             if e.errno in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT) and self.gso and count > 1:
                 log.info("UDP segmentation offload unavailable (%s); sending one datagram per call", e.strerror)
                 self.gso = False
-                return self._flush(view, end, count, size, peer, framed)
+                return self._send(view, end, count, size, peer, framed)
             self.drops[packet.SEND_FAILED] += count
             self.warnings.warn(packet.SEND_FAILED, "%d packets to %s (%s): %s", count, peer.host, peer.address[0], e.strerror)
             return None
@@ -273,11 +318,6 @@ class DataPath:
         counts[1] += length - VNET_HDR_LEN
         return None
 
-    def _send_each(self, view, end: int, size: int, peer) -> None:
-        sendto, address = self.sock.sendto, peer.address
-        for start in range(0, end, size):
-            sendto(view[start:min(start + size, end)], address)
-
     def _unreachable(self, offender) -> None:
         self._drop(packet.NO_LEASE, "no lease holds %s", socket.inet_ntoa(offender[16:20]))
         reply = packet.net_unreachable(offender, self.tun_address)
@@ -286,9 +326,11 @@ class DataPath:
 
     def _udp_to_tun(self) -> Iterator[bool]:
         # With UDP_GRO the kernel may hand over several datagrams of one sender
-        # in one read, all of the size it reports, the last maybe shorter;
-        # each is checked on its own, then consecutive TCP segments are written
-        # into the TUN device as one (see flannelette.coalesce).
+        # in one read, all of the size it reports, the last maybe shorter. A
+        # run that passes the checks all at once (flannelette.batch) is written
+        # as one joined TCP packet, or packet by packet; anything else is
+        # checked datagram by datagram (_deliver), and consecutive TCP segments
+        # are still joined (flannelette.coalesce).
         buf = bytearray(BUFFER_SIZE)
         view = memoryview(buf)
         recvmsg_into, bufs = self.sock.recvmsg_into, [buf]
@@ -311,13 +353,77 @@ class DataPath:
             if peer is None:
                 self._drop(packet.UNKNOWN_PEER, "%d bytes from %s:%d", got, sender[0], sender[1])
                 continue
-            self._deliver(view, got, _segment_size(ancillary) or got, peer, sender, coalescer)
+            step = _segment_size(ancillary) or got
+            if step == got:
+                if not self._deliver_one(view, got, peer):
+                    self._deliver(view, 0, got, got, peer, sender, coalescer)
+            elif not self._deliver_run(view, got, step, peer, sender, coalescer):
+                self._deliver(view, 0, got, step, peer, sender, coalescer)
 
-    def _deliver(self, view, got: int, step: int, peer, sender, coalescer) -> None:
-        """Check each datagram of a read and pass the good ones to the TUN device."""
+    def _deliver_one(self, view, got: int, peer) -> bool:
+        """A lone plain datagram that passes the common checks, written with its TTL lowered; False for anything else."""
+        if got < IPV4.size or got > self.mtu:
+            return False
+        table = self.table
+        ver_ihl, total, ttl, check, source, destination = IPV4.unpack_from(view, 0)
+        if ver_ihl != 0x45 or total != got or ttl <= 1 or source >> table.shift != peer.key \
+                or destination >> table.shift != table.own_key:
+            return False
+        view[8] = ttl - 1
+        CHECKSUM.pack_into(view, 10, batch.CHECK_AFTER_TTL[check])
+        if self._writev_tun([PLAIN, view[:got]]):
+            counts = peer.counts
+            counts[2] += 1
+            counts[3] += got
+        return True
+
+    def _deliver_run(self, view, got: int, step: int, peer, sender, coalescer) -> bool:
+        """A read of equal-size plain datagrams checked all at once; False, untouched, when any check fails."""
+        count, tail = divmod(got, step)
+        if count < 2 or step < batch.MIN_SIZE or step > self.mtu:
+            return False
+        table = self.table
+        fields = batch.unpack_run(view, 0, count, step)
+        if not batch.valid_run(fields, count, step, table.shift, peer.key, table.own_key):
+            return False
+        full = count * step
+        payload = batch.joining_payload(fields, count, step)
+        joined = False
+        if payload:
+            headers = step - payload
+            last, iov = full - step, batch.payloads(view, 0, count, step, headers)
+            push = batch.any_push(fields)
+            if tail and batch.continues(view, full, tail, headers, fields, count, payload):
+                iov.append(view[full + headers:got])
+                last, joined = full, True
+                push = push or batch.any_push(batch.unpack_run(view, full, 1, tail))
+            frame = bytearray(VNET_HDR_LEN + headers)
+            frame[VNET_HDR_LEN:] = view[:headers]
+            frame[VNET_HDR_LEN + 8] -= 1  # TTL: checked above 1; the header checksum is redone whole
+            length = (got if joined else full) - (count + joined - 1) * headers
+            finish_gso(frame, length, headers, payload, batch.TCP_ACK | (batch.TCP_PSH if push else 0),
+                       CHECKSUM.unpack_from(view, last + 34)[0])
+            iov.insert(0, frame)
+            self._writev_tun(iov)
+        elif batch.may_join(fields, count, step):
+            return False  # TCP data that does not join as a whole: the per-packet path joins what parts do
+        else:
+            batch.decrement_ttls(view, 0, fields[batch.CHECK::batch.WIDTH], count, step)
+            writev = self._writev_tun
+            for start in range(0, full, step):
+                writev([PLAIN, view[start:start + step]])
+        counts = peer.counts
+        counts[2] += count + joined
+        counts[3] += got if joined else full
+        if tail and not joined:
+            self._deliver(view, full, got, step, peer, sender, coalescer)
+        return True
+
+    def _deliver(self, view, start: int, got: int, step: int, peer, sender, coalescer) -> None:
+        """Check each datagram of a read from `start` on and pass the good ones to the TUN device."""
         table, mtu, headers, add = self.table, self.mtu, HEADERS.unpack_from, coalescer.add
         shift, source_key, own_key = table.shift, peer.key, table.own_key
-        delivered = carried = start = 0
+        delivered = carried = 0
         while start < got:
             n = min(step, got - start)
             # The common case checked inline; the verdict with its reason is
@@ -370,14 +476,18 @@ class DataPath:
 
     def _write_tun(self, frame) -> bool:
         """Write one frame (virtio-net header + packet) into the TUN device."""
+        return self._writev_tun([frame])
+
+    def _writev_tun(self, parts) -> bool:
+        """Write one frame, given in parts (virtio-net header, packet or its pieces), into the TUN device."""
         for _ in range(3):  # a non-blocking TUN write can fail transiently under memory pressure
             try:
-                os.write(self.tun_fd, frame)
+                os.writev(self.tun_fd, parts)
                 return True
             except BlockingIOError:
                 continue
             except OSError as e:
-                self._drop(packet.TUN_WRITE_FAILED, "writing %d bytes: %s", len(frame), e.strerror)
+                self._drop(packet.TUN_WRITE_FAILED, "writing %d bytes: %s", sum(map(len, parts)), e.strerror)
                 return False
-        self._drop(packet.TUN_WRITE_FAILED, "writing %d bytes: device busy", len(frame))
+        self._drop(packet.TUN_WRITE_FAILED, "writing %d bytes: device busy", sum(map(len, parts)))
         return False

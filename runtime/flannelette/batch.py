@@ -1,0 +1,169 @@
+"""Check and rewrite a run of equal-size packets in a few calls into C, not a Python step per packet.
+
+UDP_GRO hands over up to 64 datagrams of one size from one sender in one read,
+and a TCP stream fills flannel0 with packets of one size. One
+`struct.unpack_from` over the whole run gives every header field of every
+packet in one tuple; its slices (`fields[TTL::WIDTH]` is every TTL) are checked
+with min, max and count, which run in C. A run that fails any check goes back
+to the per-packet path, which finds the offending packet and counts why.
+
+Nothing here touches a device or a socket: it is tested on bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from array import array
+from functools import lru_cache
+
+from flannelette.coalesce import IPPROTO_TCP, TCP_ACK, TCP_PSH
+
+# What one packet of a run gives: the IPv4 header without options, then TCP up
+# to its flags, skipping window, checksum and urgent pointer (which may differ
+# between segments that join), then the TCP options, compared whole.
+VER_IHL, TOS, TOTAL, FRAG, TTL, PROTO, CHECK, SRC, DST, PORTS, SEQ, ACK, OFFSET, FLAGS, OPTIONS = range(15)
+WIDTH = 15
+PACKET_FIELDS = "BBH2xHBBHIIIIIBB6x"  # 40 bytes
+MIN_SIZE = 40
+SEQ_SPACE = 1 << 32
+NOT_FRAGMENTED = (0, 0x4000)  # flags and offset of a whole packet, DF clear or set
+JOINING_FLAGS = (TCP_ACK, TCP_ACK | TCP_PSH)  # as in flannelette.coalesce: nothing else joins
+TTL_DOWN = bytes([0]) + bytes(range(255))  # a bytes.translate table: every TTL one lower (0 stays 0)
+
+
+def _check_after_ttl(check: int) -> int:
+    total = (~check & 0xFFFF) + 0xFEFF  # RFC 1624, as packet.decrement_ttl
+    return ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF
+
+
+# The header checksum after the TTL drops by one, for every checksum before: a
+# table, so a run's checksums are patched by map() without a Python step each.
+CHECK_AFTER_TTL = array("H", map(_check_after_ttl, range(1 << 16)))
+
+
+def header_len(view, start: int, size: int) -> int:
+    """IPv4 + TCP header length of the packet at `start` when it is TCP, else MIN_SIZE: the run's layout key."""
+    if size > 33 and view[start + 9] == IPPROTO_TCP:
+        length = 20 + (view[start + 32] >> 4) * 4
+        if MIN_SIZE <= length <= size:
+            return length
+    return MIN_SIZE
+
+
+@lru_cache(maxsize=512)
+def run_layout(count: int, size: int, headers: int) -> struct.Struct:
+    """The fields of `count` packets of `size` bytes whose headers take `headers` bytes, back to back."""
+    one = f"{PACKET_FIELDS}{headers - MIN_SIZE}s{size - headers}x"
+    return struct.Struct("!" + one * count)
+
+
+def unpack_run(view, start: int, count: int, size: int):
+    """The fields of the `count` packets of `size` bytes at `start` (WIDTH values each)."""
+    return run_layout(count, size, header_len(view, start, size)).unpack_from(view, start)
+
+
+def valid_run(fields, count: int, size: int, shift: int, source_key: int, own_key: int) -> bool:
+    """Every packet an IPv4 packet without options of exactly `size` bytes, TTL above 1, from the sender's subnet to ours."""
+    if fields[VER_IHL::WIDTH].count(0x45) != count or fields[TOTAL::WIDTH].count(size) != count:
+        return False
+    if min(fields[TTL::WIDTH]) <= 1:
+        return False
+    sources, destinations = fields[SRC::WIDTH], fields[DST::WIDTH]
+    return (min(sources) >> shift == source_key == max(sources) >> shift
+            and min(destinations) >> shift == own_key == max(destinations) >> shift)
+
+
+def joining_payload(fields, count: int, size: int) -> int:
+    """The payload of each segment when the run is consecutive full segments of one TCP flow; else 0.
+
+    The same rules as flannelette.coalesce: one flow (addresses, ports, ACK
+    number, TOS, options), sequence numbers without a gap, flags ACK or
+    ACK+PSH only, no fragments.
+    """
+    first = fields[:WIDTH]
+    if first[PROTO] != IPPROTO_TCP:
+        return 0
+    payload = size - 20 - (first[OFFSET] >> 4) * 4
+    if payload <= 0 or first[OFFSET] >> 4 < 5:
+        return 0
+    for field in (TOS, SRC, DST, PORTS, ACK, OFFSET, OPTIONS):
+        if fields[field::WIDTH].count(first[field]) != count:
+            return 0
+    flags, fragments = fields[FLAGS::WIDTH], fields[FRAG::WIDTH]
+    if flags.count(JOINING_FLAGS[0]) + flags.count(JOINING_FLAGS[1]) != count:
+        return 0
+    if fragments.count(NOT_FRAGMENTED[0]) + fragments.count(NOT_FRAGMENTED[1]) != count:
+        return 0
+    seq = first[SEQ]
+    end = seq + count * payload
+    if end > SEQ_SPACE or fields[SEQ::WIDTH] != tuple(range(seq, end, payload)):
+        return 0  # a gap, or the sequence space wrapping inside the run (rare: left to the per-packet path)
+    return payload
+
+
+def may_join(fields, count: int, size: int) -> bool:
+    """Whether any packet of the run might join another (TCP with a payload): if so, flannelette.coalesce decides."""
+    tcp = fields[PROTO::WIDTH].count(IPPROTO_TCP)
+    if not tcp:
+        return False
+    return tcp != count or size > 20 + (min(fields[OFFSET::WIDTH]) >> 4) * 4
+
+
+def any_push(fields) -> bool:
+    return JOINING_FLAGS[1] in fields[FLAGS::WIDTH]
+
+
+def decrement_ttls(view, start: int, checks, count: int, size: int) -> None:
+    """Decrement the TTL of `count` packets of `size` bytes from `start` and patch their header checksums (`checks`).
+
+    Through strided views of `view` (a memoryview): no Python step per packet.
+    """
+    end = start + count * size
+    view[start + 8:end:size] = bytes(view[start + 8:end:size]).translate(TTL_DOWN)
+    checks = array("H", map(CHECK_AFTER_TTL.__getitem__, checks))
+    if sys.byteorder == "little":
+        checks.byteswap()
+    pairs = checks.tobytes()  # big-endian: high byte, low byte, for each packet
+    view[start + 10:end:size] = pairs[0::2]
+    view[start + 11:end:size] = pairs[1::2]
+
+
+def payloads(view, start: int, count: int, size: int, headers: int) -> list:
+    """Views of each packet's bytes after its `headers` bytes, without a Python step per packet."""
+    end = start + count * size
+    return list(map(view.__getitem__, map(slice, range(start + headers, end, size), range(start + size, end + 1, size))))
+
+
+def continues(view, start: int, size: int, headers: int, fields, count: int, payload: int) -> bool:
+    """Whether the shorter packet at `start` is the next segment of the run's flow, and may end the joined packet."""
+    if size <= headers or size - headers > payload:
+        return False
+    tail = run_layout(1, size, headers).unpack_from(view, start)
+    return (tail[VER_IHL] == 0x45 and tail[TOTAL] == size and tail[TTL] > 1 and tail[PROTO] == IPPROTO_TCP
+            and all(tail[field] == fields[field] for field in (TOS, SRC, DST, PORTS, ACK, OFFSET, OPTIONS))
+            and tail[FLAGS] in JOINING_FLAGS and tail[FRAG] in NOT_FRAGMENTED
+            and tail[SEQ] == (fields[SEQ] + count * payload) % SEQ_SPACE)
+
+
+# What the send side checks of each packet read from flannel0: version and
+# header length, TTL, header checksum (patched with the TTL) and destination.
+OUT_VER_IHL, OUT_TTL, OUT_CHECK, OUT_DST = range(4)
+OUT_WIDTH = 4
+OUTBOUND = struct.Struct("!B7xBxH4xI")
+IPV4_MIN = 20
+
+
+@lru_cache(maxsize=512)
+def outbound_layout(count: int, size: int, offset: int) -> struct.Struct:
+    """The send side's fields of `count` packets of `size` bytes, each `offset` bytes into its slot."""
+    return struct.Struct("!" + f"{offset}xB7xBxH4xI{size - offset - 20}x" * count)
+
+
+def outbound_key(fields, count: int, shift: int):
+    """The subnet key every packet of the run is for, when they are all IPv4 with a TTL above 1 and share one; else None."""
+    versions, destinations = fields[OUT_VER_IHL::OUT_WIDTH], fields[OUT_DST::OUT_WIDTH]
+    if min(versions) < 0x45 or max(versions) > 0x4F or min(fields[OUT_TTL::OUT_WIDTH]) <= 1:
+        return None
+    key = min(destinations) >> shift
+    return key if max(destinations) >> shift == key else None

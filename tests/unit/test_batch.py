@@ -1,0 +1,167 @@
+"""Runs of packets checked and rewritten at once: the same verdicts and bytes as packet by packet."""
+
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from flannelette import batch, packet
+from flannelette.datapath import SEGMENT, SOL_UDP, UDP_SEGMENT
+from ipv4_packets import ipv4, tcp
+from test_coalesce import coalesce
+from test_datapath import OWN, PEER, Rig, eventually
+
+A, B = "10.244.2.7", "10.244.1.5"  # from the peer's subnet to ours
+SHIFT, PEER_KEY, OWN_KEY = 8, 0x0AF402, 0x0AF401
+MSS = 100
+
+
+def with_field(p, offset, fmt, value):
+    """`p` with one IPv4 header field changed and the header checksum made right again."""
+    p = bytearray(p)
+    struct.pack_into(fmt, p, offset, value)
+    struct.pack_into("!H", p, 10, 0)
+    struct.pack_into("!H", p, 10, packet.checksum(p[:20]))
+    return p
+
+
+def stream(count, seq=5000, payload=MSS):
+    return [tcp(A, B, seq + i * payload, bytes([65 + i % 26]) * payload) for i in range(count)]
+
+
+def fields_of(packets):
+    data = memoryview(b"".join(map(bytes, packets)))
+    return batch.unpack_run(data, 0, len(packets), len(packets[0]))
+
+
+def test_decrement_ttls_matches_one_packet_at_a_time():
+    packets = [ipv4(A, B, payload=bytes(40), ttl=ttl) for ttl in (2, 64, 128, 255)]
+    packets.append(with_field(ipv4(A, B, payload=bytes(40)), 4, "!H", 0xFFFF))  # a header whose checksum needs the end-around carry
+    data = bytearray(b"".join(map(bytes, packets)))
+    size = len(packets[0])
+    batch.decrement_ttls(memoryview(data), 0, fields_of(packets)[batch.CHECK::batch.WIDTH], len(packets), size)
+    for p in packets:
+        assert packet.decrement_ttl(p)
+    assert bytes(data) == b"".join(map(bytes, packets))
+    assert all(packet.checksum(data[i:i + 20]) == 0 for i in range(0, len(data), size))
+
+
+@pytest.mark.parametrize("defect", [
+    lambda p: with_field(p, 0, "!B", 0x46),  # IP options
+    lambda p: with_field(p, 8, "!B", 1),  # TTL expires here
+    lambda p: with_field(p, 12, "!4s", bytes([10, 244, 3, 7])),  # spoofed source
+    lambda p: with_field(p, 16, "!4s", bytes([10, 244, 3, 5])),  # not our subnet
+    lambda p: with_field(p, 2, "!H", 60),  # total length not the datagram's
+])
+@pytest.mark.parametrize("where", [0, 3, 7])
+def test_any_bad_packet_fails_the_whole_run(defect, where):
+    packets = stream(8)
+    assert batch.valid_run(fields_of(packets), 8, len(packets[0]), SHIFT, PEER_KEY, OWN_KEY)
+    packets[where] = defect(packets[where])
+    assert not batch.valid_run(fields_of(packets), 8, len(packets[0]), SHIFT, PEER_KEY, OWN_KEY)
+
+
+@pytest.mark.parametrize("odd_one", [
+    tcp(A, B, 9000, b"x" * MSS),  # a gap in the sequence (the fourth segment would start at 5300)
+    tcp(A, B, 5300, b"x" * MSS, flags=0x11),  # FIN
+    tcp(A, B, 5300, b"x" * MSS, ack=2000),
+    tcp(A, B, 5300, b"x" * MSS, options=b"\x01\x01\x08\x0a\x00\x00\x00\x08\x00\x00\x00\x09"),
+    tcp("10.244.2.8", B, 5300, b"x" * MSS),
+    with_field(tcp(A, B, 5300, b"x" * MSS), 1, "!B", 0x10),  # another TOS
+    with_field(tcp(A, B, 5300, b"x" * MSS), 6, "!H", 0x2000),  # a fragment
+    ipv4(A, B, payload=bytes(MSS + 32)),  # UDP of the same size
+])
+def test_what_breaks_a_join(odd_one):
+    packets = stream(6)
+    assert batch.joining_payload(fields_of(packets), 6, len(packets[0])) == MSS
+    packets[3] = odd_one
+    assert batch.joining_payload(fields_of(packets), 6, len(packets[0])) == 0
+    assert batch.may_join(fields_of(packets), 6, len(packets[0]))
+
+
+def test_runs_that_never_join_are_known_without_a_look_at_each():
+    acks = [tcp(A, B, 5000, b"", ack=1000 + i) for i in range(4)]
+    udp = [ipv4(A, B, payload=bytes(40)) for _ in range(4)]
+    assert not batch.may_join(fields_of(acks), 4, len(acks[0]))
+    assert not batch.may_join(fields_of(udp), 4, len(udp[0]))
+
+
+def test_outbound_key_is_the_one_subnet_a_run_goes_to():
+    out = [ipv4(B, A) for _ in range(3)]
+    layout = batch.outbound_layout(3, len(out[0]), 0)
+    assert batch.outbound_key(layout.unpack(b"".join(map(bytes, out))), 3, SHIFT) == PEER_KEY
+    for odd in (ipv4(B, "10.244.3.1"), ipv4(B, A, ttl=1), b"\x60" + bytes(len(out[0]) - 1)):
+        mixed = out[:2] + [odd]
+        assert batch.outbound_key(layout.unpack(b"".join(map(bytes, mixed))), 3, SHIFT) is None
+
+
+# -- through a running data path: a run sent with UDP_SEGMENT arrives as one UDP_GRO read ----------
+
+@pytest.fixture
+def rig():
+    r = Rig([OWN, PEER])
+    yield r
+    r.close()
+
+
+def send_run(rig, packets):
+    rig.peer.sendmsg([b"".join(map(bytes, packets))], [(SOL_UDP, UDP_SEGMENT, SEGMENT.pack(len(packets[0])))],
+                     0, ("127.0.0.1", rig.port))
+
+
+def arriving(rig, count):
+    return [rig.tun_recv_frame() for _ in range(count)]
+
+
+ODD_ONES = st.sampled_from([
+    lambda i: tcp(A, B, 9000, b"x" * MSS),
+    lambda i: tcp(A, B, 5000 + i * MSS, b"x" * MSS, flags=0x18),
+    lambda i: tcp(A, B, 5000 + i * MSS, b"x" * MSS, flags=0x11),
+    lambda i: tcp("10.244.2.8", B, 5000 + i * MSS, b"x" * MSS),
+    lambda i: ipv4(A, B, payload=bytes(MSS + 32)),
+])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(count=st.integers(2, 40), odd=st.dictionaries(st.integers(0, 39), ODD_ONES, max_size=3),
+       tail=st.sampled_from([None, 1, 60, MSS - 1]))
+def test_a_run_enters_the_tun_as_the_per_packet_path_would_write_it(rig, count, odd, tail):
+    packets = stream(count)
+    for i, make in odd.items():
+        if i < count:
+            packets[i] = make(i)
+    if tail:
+        packets.append(tcp(A, B, 5000 + count * MSS, b"t" * tail))
+    want = coalesce(*packets)
+    send_run(rig, packets)
+    assert arriving(rig, len(want)) == want
+    assert eventually(lambda: rig.path.totals()[2] >= len(packets))
+
+
+def test_a_spoofed_packet_in_a_run_is_dropped_alone(rig):
+    packets = stream(10)
+    packets[4] = tcp("10.244.3.7", B, 5400, b"x" * MSS)
+    send_run(rig, packets)
+    want = coalesce(*packets[:4]) + coalesce(*packets[5:])
+    assert arriving(rig, 2) == want
+    assert rig.wait_drops(packet.SPOOFED_SOURCE, 1) == 1
+
+
+def test_a_run_read_from_the_tun_leaves_as_that_many_datagrams(rig):
+    packets = [ipv4(B, A, payload=bytes(80)) for _ in range(6)] + [ipv4(B, A, payload=bytes(20))]
+    for p in packets:
+        rig.tun_send(p)
+    for p in packets:
+        assert packet.decrement_ttl(p)
+        assert rig.peer.recv(2048) == bytes(p)
+
+
+def test_a_run_with_one_packet_for_no_lease_sends_the_rest_and_answers_that_one(rig):
+    packets = [ipv4(B, A, payload=bytes(80)) for _ in range(5)]
+    packets[2] = ipv4(B, "10.244.9.9", payload=bytes(80))
+    for p in packets:
+        rig.tun_send(p)
+    assert rig.tun_recv() == packet.net_unreachable(packets[2], OWN.subnet.network_address)
+    for p in packets[:2] + packets[3:]:
+        assert packet.decrement_ttl(p)
+        assert rig.peer.recv(2048) == bytes(p)
