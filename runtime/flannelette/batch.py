@@ -16,6 +16,7 @@ import struct
 import sys
 from array import array
 from functools import lru_cache
+from itertools import groupby
 
 from flannelette.coalesce import IPPROTO_TCP, TCP_ACK, TCP_PSH
 
@@ -100,6 +101,26 @@ def joining_payload(fields, count: int, size: int) -> int:
     if end > SEQ_SPACE or fields[SEQ::WIDTH] != tuple(range(seq, end, payload)):
         return 0  # a gap, or the sequence space wrapping inside the run (rare: left to the per-packet path)
     return payload
+
+
+def joins(fields, count: int, size: int):
+    """The run as consecutive joins, [(first packet, packets, payload each)], or None when a part would not join whole.
+
+    A run splits where the TCP options change: a new timestamp, at the
+    sender's next write, as the kernel's GRO splits it.
+    """
+    payload = joining_payload(fields, count, size)
+    if payload:
+        return [(0, count, payload)]
+    parts, first = [], 0
+    for _, group in groupby(fields[OPTIONS::WIDTH]):
+        n = len(list(group))
+        payload = joining_payload(fields[first * WIDTH:(first + n) * WIDTH], n, size)
+        if not payload:
+            return None
+        parts.append((first, n, payload))
+        first += n
+    return parts if len(parts) > 1 else None
 
 
 def may_join(fields, count: int, size: int) -> bool:

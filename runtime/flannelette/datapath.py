@@ -13,6 +13,7 @@ this module without touching anything else.
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 import select
@@ -44,6 +45,7 @@ MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS before Linux 6.2
 NOT_IPV4 = "not_ipv4"
 DROP_REASONS = packet.DROP_REASONS + (NOT_IPV4,) + vnet.DROP_REASONS
 BURST = 32  # packets or reads one direction handles before the other gets a turn
+SMALL = 256  # bytes: a packet this short read on waking leaves at once
 
 
 def _segment_size(ancillary) -> int:
@@ -144,104 +146,132 @@ class DataPath:
         self.warnings.warn(reason, message, *args)
 
     def _tun_to_udp(self) -> Iterator[bool]:
-        # The hot loop: one read per packet and little else. Each packet is
-        # read into a batch buffer behind the ones before; while they are of
-        # one size they form a run, which is checked, TTL-decremented and sent
-        # as a whole (_send_run), a shorter packet ending it. In flannel's
-        # format the virtio-net headers are read aside, so the wire carries
-        # exactly what flannel sends; in the fast format each is read in
-        # place, before its packet, and a frame too large for one datagram of
-        # the underlay (a TCP super-packet) leaves on its own. The run goes
-        # out as soon as the TUN queue is empty, so no packet waits for company.
+        # The hot loop: one read per packet and little else. Each frame
+        # (virtio-net header, then the packet) is read into a batch buffer
+        # behind the ones before; while they are of one size they form a run,
+        # which is checked, TTL-decremented and sent as a whole (_send_run), a
+        # shorter frame ending it. In the fast format the frames leave as they
+        # are, and a super-packet too large for one datagram of the underlay
+        # on its own; in flannel's, only the packets, without their headers.
+        # The run goes out as soon as the TUN queue is empty, so no packet
+        # waits for company.
         buf = bytearray(BATCH_BYTES + BUFFER_SIZE)
         view = memoryview(buf)
-        headers = bytearray(VNET_HDR_LEN * (MAX_SEGMENTS + 1))
-        header_slots = [memoryview(headers)[i:i + VNET_HDR_LEN] for i in range(0, len(headers), VNET_HDR_LEN)]
-        readv, fd, mtu, send_run = os.readv, self.tun_fd, self.mtu, self._send_run
-        plain_iov, fast_iov = [header_slots[0], view], [view]
+        readinto = io.FileIO(self.tun_fd, "rb", closefd=False).readinto  # None when the queue is empty
+        largest, send_run = self.mtu + VNET_HDR_LEN, self._send_run
         table, burst = self.table, 0
         fast = table.fast
-        # The run: buf[:end], count packets (frames, when fast) of size bytes, the last maybe shorter.
+        # The run: buf[:end], count frames of size bytes, the last maybe shorter.
         end, count, size = 0, 0, -1
+        woke = False
         while not self._stopping:
             if self.table is not table:  # a reload: what is read from here on follows the new table
                 if count:
-                    send_run(view, headers, end, count, size, fast)
+                    send_run(view, end, count, size, fast)
                     end, count, size = 0, 0, -1
                 table = self.table
                 fast = table.fast
-            try:
-                if fast:
-                    fast_iov[0] = view[end:]
-                    n = readv(fd, fast_iov)
-                else:
-                    plain_iov[0], plain_iov[1] = header_slots[count], view[end:]
-                    n = readv(fd, plain_iov) - VNET_HDR_LEN
-            except BlockingIOError:
+            n = readinto(view[end:])
+            if n is None:
                 if count:
-                    send_run(view, headers, end, count, size, fast)
+                    send_run(view, end, count, size, fast)
                     end, count, size = 0, 0, -1
                 yield False
+                woke = True
                 continue
             burst += 1
             if burst == BURST:
                 burst = 0
                 yield True
+            if woke:
+                woke = False
+                if n <= SMALL and not count:  # likely alone (a ping, an ACK): no read for company first
+                    send_run(view, n, 1, n, fast)
+                    continue
             if n == size:
                 end += n
                 count += 1
                 if count == MAX_SEGMENTS or end + size > BATCH_BYTES:
-                    send_run(view, headers, end, count, size, fast)
+                    send_run(view, end, count, size, fast)
                     end, count, size = 0, 0, -1
-            elif fast and n > mtu:  # a super-packet: alone, cut by the kernel (_send_fast)
+            elif n > largest:  # a super-packet: alone
                 if count:
-                    send_run(view, headers, end, count, size, fast)
-                self._send_frame(view[end:end + n])
+                    send_run(view, end, count, size, fast)
+                self._send_frame(view[end:end + n], fast)
                 end, count, size = 0, 0, -1
             elif not count:
                 end, count, size = n, 1, n
-            elif n < size:  # a shorter packet ends the run
-                send_run(view, headers, end + n, count + 1, size, fast)
+            elif n < size:  # a shorter frame ends the run
+                send_run(view, end + n, count + 1, size, fast)
                 end, count, size = 0, 0, -1
             else:  # a longer one starts the next
-                send_run(view, headers, end, count, size, fast)
+                send_run(view, end, count, size, fast)
                 buf[:n] = buf[end:end + n]
-                headers[:VNET_HDR_LEN] = header_slots[count]
                 end, count, size = n, 1, n
         if count:
-            send_run(view, headers, end, count, size, fast)
+            send_run(view, end, count, size, fast)
 
-    def _send_run(self, view, headers, end: int, count: int, size: int, framed: bool) -> None:
-        """Send buf[:end]: count packets (frames) of `size` bytes, the last maybe shorter, checked all at once when they can be."""
+    def _send_run(self, view, end: int, count: int, size: int, fast: bool) -> None:
+        """Send buf[:end]: count frames of `size` bytes, the last maybe shorter, checked all at once when they can be."""
+        if count == 1:
+            self._send_one(view, end, fast)
+            return
         table = self.table
         full, tail = divmod(end, size)
-        at = VNET_HDR_LEN if framed else 0
         peer = None
-        if size >= at + batch.IPV4_MIN and (not tail or tail >= at + batch.IPV4_MIN) \
-                and (framed or headers.count(0, 0, VNET_HDR_LEN * count) == VNET_HDR_LEN * count):
-            fields = batch.outbound_layout(full, size, at).unpack_from(view, 0)
+        if size >= VNET_HDR_LEN + batch.IPV4_MIN and (not tail or tail >= VNET_HDR_LEN + batch.IPV4_MIN) \
+                and (fast or self._finished(view, end, count, size)):
+            fields = batch.outbound_layout(full, size, VNET_HDR_LEN).unpack_from(view, 0)
             key = batch.outbound_key(fields, full, table.shift)
-            if tail and key is not None and batch.outbound_key(batch.OUTBOUND.unpack_from(view, full * size + at), 1,
-                                                               table.shift) != key:
+            if tail and key is not None and batch.outbound_key(
+                    batch.OUTBOUND.unpack_from(view, full * size + VNET_HDR_LEN), 1, table.shift) != key:
                 key = None
             peer = table.by_subnet.get(key) if key is not None else None
-        if peer is None:  # something to drop, answer or send elsewhere: packet by packet
-            self._send_each(view, headers, end, count, size, framed)
+        if peer is None:  # something to drop, answer or send elsewhere: frame by frame
+            self._send_each(view, end, count, size, fast)
             return
-        batch.decrement_ttls(view, at, fields[batch.OUT_CHECK::batch.OUT_WIDTH], full, size)
+        batch.decrement_ttls(view, VNET_HDR_LEN, fields[batch.OUT_CHECK::batch.OUT_WIDTH], full, size)
         if tail:
-            packet.decrement_ttl(view[full * size + at:end])
-        self._send(view, end, count, size, peer, framed)
+            packet.decrement_ttl(view[full * size + VNET_HDR_LEN:end])
+        if fast:
+            self._send([view[:end]], count, size, end - VNET_HDR_LEN * count, peer)
+        else:
+            packets = batch.payloads(view, 0, full, size, VNET_HDR_LEN)
+            if tail:
+                packets.append(view[full * size + VNET_HDR_LEN:end])
+            self._send(packets, count, size - VNET_HDR_LEN, end - VNET_HDR_LEN * count, peer)
 
-    def _send_each(self, view, headers, end: int, count: int, size: int, framed: bool) -> None:
-        """The run packet by packet: each is checked on its own, dropped or answered with its reason, or sent alone."""
-        table, at = self.table, VNET_HDR_LEN if framed else 0
-        for i, start in enumerate(range(0, end, size)):
+    @staticmethod
+    def _finished(view, end: int, count: int, size: int) -> bool:
+        """Whether no frame of the run leaves the kernel a checksum or a segmentation to do (flags, gso_type zero)."""
+        return bytes(view[0:end:size]).count(0) == count and bytes(view[1:end:size]).count(0) == count
+
+    def _send_one(self, view, n: int, fast: bool) -> None:
+        """A lone frame: the common case checked inline, the rest by _route, which says why it drops."""
+        if n >= VNET_HDR_LEN + IPV4.size:
+            table = self.table
+            ver_ihl, _, ttl, check, _, destination = IPV4.unpack_from(view, VNET_HDR_LEN)
+            peer = table.by_subnet.get(destination >> table.shift)
+            finished = view[:VNET_HDR_LEN] == PLAIN
+            if peer is not None and 0x45 <= ver_ihl <= 0x4F and ttl > 1 and (fast or finished):
+                view[VNET_HDR_LEN + 8] = ttl - 1
+                CHECKSUM.pack_into(view, VNET_HDR_LEN + 10, batch.CHECK_AFTER_TTL[check])
+                # A finished packet leaves in flannel's format in either mode: it says all.
+                wire = view[VNET_HDR_LEN:n] if finished else view[:n]
+                self._send([wire], 1, len(wire), n - VNET_HDR_LEN, peer)
+                return
+        self._send_each(view, n, 1, n, fast)
+
+    def _send_each(self, view, end: int, count: int, size: int, fast: bool) -> None:
+        """The run frame by frame: each checked on its own, dropped or answered with its reason, or sent alone."""
+        table = self.table
+        for start in range(0, end, size):
             n = min(size, end - start)
-            header = None if framed else headers[i * VNET_HDR_LEN:(i + 1) * VNET_HDR_LEN]
-            peer = self._route(table, view[start + at:start + n], n - at, header)
+            frame = view[start:start + n]
+            peer = self._route(table, frame[VNET_HDR_LEN:], n - VNET_HDR_LEN, None if fast else frame[:VNET_HDR_LEN])
             if peer is not None:
-                self._send(view[start:], n, 1, n, peer, framed)
+                wire = frame if fast else frame[VNET_HDR_LEN:]
+                self._send([wire], 1, len(wire), n - VNET_HDR_LEN, peer)
 
     def _route(self, table, data, n: int, header):
         """The peer a packet read from flannel0 goes to, its TTL lowered; None when it is dropped or answered."""
@@ -261,33 +291,36 @@ class DataPath:
         packet.decrement_ttl(data)
         return peer
 
-    def _send_frame(self, frame) -> None:
-        """A fast-mode frame too large for one datagram: checked, then cut by the kernel."""
-        peer = self._route(self.table, frame[VNET_HDR_LEN:], len(frame) - VNET_HDR_LEN, None)
-        if peer is not None:
+    def _send_frame(self, frame, fast: bool) -> None:
+        """A frame too large for one datagram: in the fast format, checked, then cut by the kernel."""
+        peer = self._route(self.table, frame[VNET_HDR_LEN:], len(frame) - VNET_HDR_LEN, None if fast else frame)
+        if peer is not None and fast:
             self._send_fast(frame, peer)
+        elif peer is not None:  # finished, yet larger than the overlay's MTU: the kernel fragments it
+            self._send([frame[VNET_HDR_LEN:]], 1, len(frame) - VNET_HDR_LEN, len(frame) - VNET_HDR_LEN, peer)
 
-    def _send(self, view, end: int, count: int, size: int, peer, framed: bool) -> None:
+    def _send(self, parts, count: int, size: int, carried: int, peer) -> None:
+        """Send `parts` (buffers, end to end) to `peer` as `count` datagrams of `size` bytes, the last maybe shorter."""
         try:
             if count == 1:
-                self.sock.sendto(view[:end], peer.address)
+                self.sock.sendto(parts[0], peer.address)
             elif self.gso:
-                self.sock.sendmsg([view[:end]], [(SOL_UDP, UDP_SEGMENT, SEGMENT.pack(size))], 0, peer.address)
+                self.sock.sendmsg(parts, [(SOL_UDP, UDP_SEGMENT, SEGMENT.pack(size))], 0, peer.address)
             else:
-                sendto, address = self.sock.sendto, peer.address
-                for start in range(0, end, size):
-                    sendto(view[start:min(start + size, end)], address)
+                data, sendto, address = b"".join(parts), self.sock.sendto, peer.address
+                for start in range(0, len(data), size):
+                    sendto(data[start:start + size], address)
         except OSError as e:
             if e.errno in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT) and self.gso and count > 1:
                 log.info("UDP segmentation offload unavailable (%s); sending one datagram per call", e.strerror)
                 self.gso = False
-                return self._send(view, end, count, size, peer, framed)
+                return self._send(parts, count, size, carried, peer)
             self.drops[packet.SEND_FAILED] += count
             self.warnings.warn(packet.SEND_FAILED, "%d packets to %s (%s): %s", count, peer.host, peer.address[0], e.strerror)
             return None
         counts = peer.counts
         counts[0] += count
-        counts[1] += end - VNET_HDR_LEN * count if framed else end
+        counts[1] += carried
         return None
 
     def _send_fast(self, frame, peer) -> None:
@@ -357,56 +390,62 @@ class DataPath:
             if step == got:
                 if not self._deliver_one(view, got, peer):
                     self._deliver(view, 0, got, got, peer, sender, coalescer)
+            elif vnet.is_fast(view[0]) and vnet.span(view, 0, step, got) == got:  # one super-packet, cut in datagrams
+                if self._deliver_fast(self.table, view[:got], got, sender):
+                    counts = peer.counts
+                    counts[2] += 1
+                    counts[3] += got - VNET_HDR_LEN
             elif not self._deliver_run(view, got, step, peer, sender, coalescer):
                 self._deliver(view, 0, got, step, peer, sender, coalescer)
 
     def _deliver_one(self, view, got: int, peer) -> bool:
-        """A lone plain datagram that passes the common checks, written with its TTL lowered; False for anything else."""
-        if got < IPV4.size or got > self.mtu:
+        """A lone datagram that passes the common checks, written with its TTL lowered; False for anything else.
+
+        Plain, or a fast-format frame of one packet; anything more is left
+        to _deliver, which also finds the reason to drop what it drops.
+        """
+        at = 0
+        if vnet.is_fast(view[0]):
+            if view[1] or vnet.problem(view, got, self.mtu) is not None:
+                return False
+            at = VNET_HDR_LEN
+        n = got - at
+        if n < IPV4.size or n > self.mtu:
             return False
         table = self.table
-        ver_ihl, total, ttl, check, source, destination = IPV4.unpack_from(view, 0)
-        if ver_ihl != 0x45 or total != got or ttl <= 1 or source >> table.shift != peer.key \
+        ver_ihl, total, ttl, check, source, destination = IPV4.unpack_from(view, at)
+        if ver_ihl != 0x45 or total != n or ttl <= 1 or source >> table.shift != peer.key \
                 or destination >> table.shift != table.own_key:
             return False
-        view[8] = ttl - 1
-        CHECKSUM.pack_into(view, 10, batch.CHECK_AFTER_TTL[check])
-        if self._writev_tun([PLAIN, view[:got]]):
+        view[at + 8] = ttl - 1
+        CHECKSUM.pack_into(view, at + 10, batch.CHECK_AFTER_TTL[check])
+        if self._writev_tun([view[:got]] if at else [PLAIN, view[:got]]):
             counts = peer.counts
             counts[2] += 1
-            counts[3] += got
+            counts[3] += n
         return True
 
     def _deliver_run(self, view, got: int, step: int, peer, sender, coalescer) -> bool:
         """A read of equal-size plain datagrams checked all at once; False, untouched, when any check fails."""
         count, tail = divmod(got, step)
-        if count < 2 or step < batch.MIN_SIZE or step > self.mtu:
+        if count < 2 or step < batch.MIN_SIZE or step > self.mtu or view[0] != 0x45:  # e.g. a fast-format frame
             return False
         table = self.table
         fields = batch.unpack_run(view, 0, count, step)
         if not batch.valid_run(fields, count, step, table.shift, peer.key, table.own_key):
             return False
         full = count * step
-        payload = batch.joining_payload(fields, count, step)
         joined = False
-        if payload:
-            headers = step - payload
-            last, iov = full - step, batch.payloads(view, 0, count, step, headers)
-            push = batch.any_push(fields)
-            if tail and batch.continues(view, full, tail, headers, fields, count, payload):
-                iov.append(view[full + headers:got])
-                last, joined = full, True
-                push = push or batch.any_push(batch.unpack_run(view, full, 1, tail))
-            frame = bytearray(VNET_HDR_LEN + headers)
-            frame[VNET_HDR_LEN:] = view[:headers]
-            frame[VNET_HDR_LEN + 8] -= 1  # TTL: checked above 1; the header checksum is redone whole
-            length = (got if joined else full) - (count + joined - 1) * headers
-            finish_gso(frame, length, headers, payload, batch.TCP_ACK | (batch.TCP_PSH if push else 0),
-                       CHECKSUM.unpack_from(view, last + 34)[0])
-            iov.insert(0, frame)
-            self._writev_tun(iov)
-        elif batch.may_join(fields, count, step):
-            return False  # TCP data that does not join as a whole: the per-packet path joins what parts do
+        if batch.may_join(fields, count, step):
+            parts = batch.joins(fields, count, step)
+            if parts is None:
+                return False  # TCP data that does not join whole: the per-packet path joins what parts do
+            first, n, payload = parts[-1]
+            part = fields[first * batch.WIDTH:]
+            joined = bool(tail) and batch.continues(view, full, tail, step - payload, part, n, payload)
+            for first, n, payload in parts:
+                self._write_joined(view, first * step, n, step, payload, fields[first * batch.WIDTH:(first + n) * batch.WIDTH],
+                                   got if joined and first + n == count else 0)
         else:
             batch.decrement_ttls(view, 0, fields[batch.CHECK::batch.WIDTH], count, step)
             writev = self._writev_tun
@@ -418,6 +457,27 @@ class DataPath:
         if tail and not joined:
             self._deliver(view, full, got, step, peer, sender, coalescer)
         return True
+
+    def _write_joined(self, view, start: int, count: int, step: int, payload: int, fields, tail_end: int) -> None:
+        """Write `count` segments of one flow from `start` (and the shorter one up to `tail_end`, if any) as one packet."""
+        headers, end = step - payload, start + count * step
+        if count == 1 and not tail_end:  # nothing to join: as it came, TTL aside
+            packet.decrement_ttl(view[start:end])
+            self._writev_tun([PLAIN, view[start:end]])
+            return
+        iov = batch.payloads(view, start, count, step, headers)
+        last, length, push = end - step, headers + count * payload, batch.any_push(fields)
+        if tail_end:
+            iov.append(view[end + headers:tail_end])
+            last, length = end, length + tail_end - end - headers
+            push = push or view[end + 33] & batch.TCP_PSH
+        frame = bytearray(VNET_HDR_LEN + headers)
+        frame[VNET_HDR_LEN:] = view[start:start + headers]
+        frame[VNET_HDR_LEN + 8] -= 1  # TTL: checked above 1; the header checksum is redone whole
+        finish_gso(frame, length, headers, payload, batch.TCP_ACK | (batch.TCP_PSH if push else 0),
+                   CHECKSUM.unpack_from(view, last + 34)[0])
+        iov.insert(0, frame)
+        self._writev_tun(iov)
 
     def _deliver(self, view, start: int, got: int, step: int, peer, sender, coalescer) -> None:
         """Check each datagram of a read from `start` on and pass the good ones to the TUN device."""

@@ -138,6 +138,24 @@ def test_a_run_enters_the_tun_as_the_per_packet_path_would_write_it(rig, count, 
     assert eventually(lambda: rig.path.totals()[2] >= len(packets))
 
 
+NEXT_WRITE = b"\x01\x01\x08\x0a\x00\x00\x00\x08\x00\x00\x00\x09"  # the timestamp of the sender's next write
+
+
+@pytest.mark.parametrize("split", [1, 5, 11])
+@pytest.mark.parametrize("tail", [None, 40])
+def test_a_run_splits_into_joins_where_the_timestamp_changes(rig, split, tail):
+    packets = stream(12)
+    packets[split - 1] = tcp(A, B, 5000 + (split - 1) * MSS, bytes(MSS), flags=0x18)  # PSH ends a write
+    for i in range(split, 12):
+        packets[i] = tcp(A, B, 5000 + i * MSS, bytes([i]) * MSS, options=NEXT_WRITE)
+    if tail:
+        packets.append(tcp(A, B, 5000 + 12 * MSS, b"t" * tail, options=NEXT_WRITE))
+    want = coalesce(*packets)
+    assert len(want) == 2
+    send_run(rig, packets)
+    assert arriving(rig, 2) == want
+
+
 def test_a_spoofed_packet_in_a_run_is_dropped_alone(rig):
     packets = stream(10)
     packets[4] = tcp("10.244.3.7", B, 5400, b"x" * MSS)

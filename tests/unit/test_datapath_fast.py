@@ -75,6 +75,13 @@ def test_small_frames_leave_one_per_datagram_batched_or_not(rig):
     assert eventually(lambda: rig.path.totals()[:2] == [20, 20 * len(sent[0])])
 
 
+def test_a_lone_finished_packet_leaves_in_flannels_format(rig):
+    ping = ipv4("10.244.1.5", "10.244.2.7", proto=1, payload=bytes(64))
+    rig.tun_send(ping)  # a plain virtio-net header: nothing left for the peer's kernel to do
+    assert rig.peer.recv(2048) == decremented(ping)
+    assert eventually(lambda: rig.path.totals()[:2] == [1, len(ping)])
+
+
 def test_a_fast_datagram_enters_the_tun_as_it_came_ttl_aside(rig):
     big = super_packet("10.244.2.7", "10.244.1.5")
     rig.peer.sendto(GSO + big, ("127.0.0.1", rig.port))
