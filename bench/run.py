@@ -103,10 +103,10 @@ def iperf(hosts: Hosts, server: str, *args: str, seconds: int) -> dict:
     return json.loads(out)
 
 
-def tcp(hosts: Hosts, server: str, seconds: int, runtimes: List[int] = ()) -> Dict[str, float]:
+def tcp(hosts: Hosts, server: str, seconds: int, runtimes: List[int] = (), streams: int = 1) -> Dict[str, float]:
     """TCP throughput, retransmits and, given the runtimes' PIDs, their CPU seconds per gigabit."""
     before = cpu_seconds(runtimes)
-    end = iperf(hosts, server, seconds=seconds)["end"]
+    end = iperf(hosts, server, "-P", str(streams), seconds=seconds)["end"]
     used = cpu_seconds(runtimes) - before
     received = end["sum_received"]
     result = {"gbits": received["bits_per_second"] / 1e9, "retransmits": end["sum_sent"].get("retransmits", 0)}

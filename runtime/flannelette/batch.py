@@ -3,7 +3,7 @@
 UDP_GRO hands over up to 64 datagrams of one size from one sender in one read,
 and a TCP stream fills flannel0 with packets of one size. One
 `struct.unpack_from` over the whole run gives every header field of every
-packet in one tuple; its slices (`fields[TTL::WIDTH]` is every TTL) are checked
+packet in one tuple; its slices (`fields[SRC::WIDTH]` is every source) are checked
 with min, max and count, which run in C. A run that fails any check goes back
 to the per-packet path, which finds the offending packet and counts why.
 
@@ -20,16 +20,19 @@ from itertools import groupby
 
 from flannelette.coalesce import IPPROTO_TCP, TCP_ACK, TCP_PSH
 
-# What one packet of a run gives: the IPv4 header without options, then TCP up
-# to its flags, skipping window, checksum and urgent pointer (which may differ
-# between segments that join), then the TCP options, compared whole.
-VER_IHL, TOS, TOTAL, FRAG, TTL, PROTO, CHECK, SRC, DST, PORTS, SEQ, ACK, OFFSET, FLAGS, OPTIONS = range(15)
-WIDTH = 15
-PACKET_FIELDS = "BBH2xHBBHIIIIIBB6x"  # 40 bytes
+# What one packet of a run gives, in words that must match across a run that
+# joins: version, TOS and length; fragment field, TTL and protocol; then the
+# header checksum (patched with the TTL), addresses, ports, sequence and ACK
+# numbers, TCP data offset and flags, and the TCP options, compared whole.
+# The IP ID, window and TCP checksum and urgent pointer may differ: skipped.
+HEAD, MIDDLE, CHECK, SRC, DST, PORTS, SEQ, ACK, OFF_FLAGS, OPTIONS = range(10)
+WIDTH = 10
+PACKET_FIELDS = "I2xIHIIIIIH6x"  # 40 bytes
 MIN_SIZE = 40
 SEQ_SPACE = 1 << 32
 NOT_FRAGMENTED = (0, 0x4000)  # flags and offset of a whole packet, DF clear or set
 JOINING_FLAGS = (TCP_ACK, TCP_ACK | TCP_PSH)  # as in flannelette.coalesce: nothing else joins
+SAME_IN_A_JOIN = (HEAD, MIDDLE, SRC, DST, PORTS, ACK, OPTIONS)
 TTL_DOWN = bytes([0]) + bytes(range(255))  # a bytes.translate table: every TTL one lower (0 stays 0)
 
 
@@ -65,14 +68,26 @@ def unpack_run(view, start: int, count: int, size: int):
 
 
 def valid_run(fields, count: int, size: int, shift: int, source_key: int, own_key: int) -> bool:
-    """Every packet an IPv4 packet without options of exactly `size` bytes, TTL above 1, from the sender's subnet to ours."""
-    if fields[VER_IHL::WIDTH].count(0x45) != count or fields[TOTAL::WIDTH].count(size) != count:
+    """Every packet an IPv4 packet without options of exactly `size` bytes, TTL above 1, from the sender's subnet to ours.
+
+    Version, TOS, length, fragment field, TTL and protocol must be the same in
+    every packet: a run that mixes them is left to the per-packet path.
+    """
+    heads, middles = fields[HEAD::WIDTH], fields[MIDDLE::WIDTH]
+    head, middle = heads[0], middles[0]
+    if head >> 24 != 0x45 or head & 0xFFFF != size or (middle >> 8) & 0xFF <= 1:
         return False
-    if min(fields[TTL::WIDTH]) <= 1:
+    if heads.count(head) != count or middles.count(middle) != count:
         return False
     sources, destinations = fields[SRC::WIDTH], fields[DST::WIDTH]
     return (min(sources) >> shift == source_key == max(sources) >> shift
             and min(destinations) >> shift == own_key == max(destinations) >> shift)
+
+
+def _joining_words(off_flags: int):
+    """The two data-offset-and-flags words a segment that joins may have: ACK, or ACK and PSH."""
+    offset = off_flags & 0xFF00
+    return offset | JOINING_FLAGS[0], offset | JOINING_FLAGS[1]
 
 
 def joining_payload(fields, count: int, size: int) -> int:
@@ -83,18 +98,18 @@ def joining_payload(fields, count: int, size: int) -> int:
     ACK+PSH only, no fragments.
     """
     first = fields[:WIDTH]
-    if first[PROTO] != IPPROTO_TCP:
+    middle, off_flags = first[MIDDLE], first[OFF_FLAGS]
+    if middle & 0xFF != IPPROTO_TCP or middle >> 16 not in NOT_FRAGMENTED:
         return 0
-    payload = size - 20 - (first[OFFSET] >> 4) * 4
-    if payload <= 0 or first[OFFSET] >> 4 < 5:
+    offset = off_flags >> 12
+    payload = size - 20 - offset * 4
+    if payload <= 0 or offset < 5:
         return 0
-    for field in (TOS, SRC, DST, PORTS, ACK, OFFSET, OPTIONS):
+    for field in SAME_IN_A_JOIN:
         if fields[field::WIDTH].count(first[field]) != count:
             return 0
-    flags, fragments = fields[FLAGS::WIDTH], fields[FRAG::WIDTH]
-    if flags.count(JOINING_FLAGS[0]) + flags.count(JOINING_FLAGS[1]) != count:
-        return 0
-    if fragments.count(NOT_FRAGMENTED[0]) + fragments.count(NOT_FRAGMENTED[1]) != count:
+    words, ack, push = fields[OFF_FLAGS::WIDTH], *_joining_words(off_flags)
+    if words.count(ack) + words.count(push) != count:
         return 0
     seq = first[SEQ]
     end = seq + count * payload
@@ -124,15 +139,14 @@ def joins(fields, count: int, size: int):
 
 
 def may_join(fields, count: int, size: int) -> bool:
-    """Whether any packet of the run might join another (TCP with a payload): if so, flannelette.coalesce decides."""
-    tcp = fields[PROTO::WIDTH].count(IPPROTO_TCP)
-    if not tcp:
+    """Whether any packet of a valid run might join another (TCP with a payload): if so, flannelette.coalesce decides."""
+    if fields[MIDDLE] & 0xFF != IPPROTO_TCP:  # the same protocol throughout: valid_run saw to it
         return False
-    return tcp != count or size > 20 + (min(fields[OFFSET::WIDTH]) >> 4) * 4
+    return size > 20 + (min(fields[OFF_FLAGS::WIDTH]) >> 12) * 4
 
 
 def any_push(fields) -> bool:
-    return JOINING_FLAGS[1] in fields[FLAGS::WIDTH]
+    return fields[OFF_FLAGS::WIDTH].count(_joining_words(fields[OFF_FLAGS])[1]) > 0
 
 
 def decrement_ttls(view, start: int, checks, count: int, size: int) -> None:
@@ -151,9 +165,9 @@ def decrement_ttls(view, start: int, checks, count: int, size: int) -> None:
 
 
 def payloads(view, start: int, count: int, size: int, headers: int) -> list:
-    """Views of each packet's bytes after its `headers` bytes, without a Python step per packet."""
-    end = start + count * size
-    return list(map(view.__getitem__, map(slice, range(start + headers, end, size), range(start + size, end + 1, size))))
+    """Views of each packet's bytes after its `headers` bytes (measured: a comprehension beats map over slices)."""
+    payload = size - headers
+    return [view[at:at + payload] for at in range(start + headers, start + count * size, size)]
 
 
 def continues(view, start: int, size: int, headers: int, fields, count: int, payload: int) -> bool:
@@ -161,9 +175,8 @@ def continues(view, start: int, size: int, headers: int, fields, count: int, pay
     if size <= headers or size - headers > payload:
         return False
     tail = run_layout(1, size, headers).unpack_from(view, start)
-    return (tail[VER_IHL] == 0x45 and tail[TOTAL] == size and tail[TTL] > 1 and tail[PROTO] == IPPROTO_TCP
-            and all(tail[field] == fields[field] for field in (TOS, SRC, DST, PORTS, ACK, OFFSET, OPTIONS))
-            and tail[FLAGS] in JOINING_FLAGS and tail[FRAG] in NOT_FRAGMENTED
+    return (tail[HEAD] == (fields[HEAD] & ~0xFFFF) | size and tail[OFF_FLAGS] in _joining_words(fields[OFF_FLAGS])
+            and all(tail[field] == fields[field] for field in SAME_IN_A_JOIN[1:])
             and tail[SEQ] == (fields[SEQ] + count * payload) % SEQ_SPACE)
 
 

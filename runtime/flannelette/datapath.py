@@ -21,7 +21,7 @@ import socket
 import struct
 import threading
 from ipaddress import IPv4Address
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Optional
 
 from flannelette import batch, packet, vnet
 from flannelette.coalesce import HEADERS, PLAIN, VNET_HDR_LEN, Coalescer, finish_gso
@@ -65,8 +65,13 @@ class DataPath:
     read by the thread that is already running.
     """
 
-    def __init__(self, tun_fd: int, sock: socket.socket, table: LeaseTable, mtu: int, tun_address: IPv4Address, clock):
-        self.tun_fd, self.sock, self.table, self.mtu = tun_fd, sock, table, mtu
+    def __init__(self, tun_fd: int, sock: socket.socket, table: LeaseTable, mtu: int, tun_address: IPv4Address, clock,
+                 send_sock: Optional[socket.socket] = None):
+        # send_sock: where datagrams leave from, when not `sock`. Queues of a
+        # multi-queue TUN each send from a port of their own, so the peer's
+        # SO_REUSEPORT group spreads what they send over its queues too.
+        self.tun_fd, self.recv_sock, self.table, self.mtu = tun_fd, sock, table, mtu
+        self.sock = send_sock or sock
         self.tun_address = tun_address
         self.drops: Dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.icmp_sent = 0
@@ -128,7 +133,7 @@ class DataPath:
         # Each loop is a generator that yields False when its queue is empty
         # and True after BURST packets, so a busy direction never starves the
         # other; the thread sleeps in poll() only when both are empty.
-        loops = {self.tun_fd: self._tun_to_udp(), self.sock.fileno(): self._udp_to_tun()}
+        loops = {self.tun_fd: self._tun_to_udp(), self.recv_sock.fileno(): self._udp_to_tun()}
         poller = select.poll()
         for fd in (*loops, self._wake_read):
             poller.register(fd, select.POLLIN)
@@ -366,7 +371,7 @@ class DataPath:
         # are still joined (flannelette.coalesce).
         buf = bytearray(BUFFER_SIZE)
         view = memoryview(buf)
-        recvmsg_into, bufs = self.sock.recvmsg_into, [buf]
+        recvmsg_into, bufs = self.recv_sock.recvmsg_into, [buf]
         coalescer = Coalescer(self._write_tun)
         burst = 0
         while not self._stopping:

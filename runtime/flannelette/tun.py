@@ -12,6 +12,7 @@ TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000  # bare IP packets, no 4-byte packet-info prefix: flannel's framing
 IFF_VNET_HDR = 0x4000  # a virtio-net header before each packet, to write coalesced TCP
+IFF_MULTI_QUEUE = 0x0100  # one device, several fds, the kernel spreading flows over them
 IFNAMSIZ = 16
 TUNSETOFFLOAD = 0x400454D0
 # What the kernel may leave undone in packets it hands over: checksums, and TCP
@@ -24,11 +25,13 @@ class TunError(Exception):
     pass
 
 
-def open_tun(name: str, vnet_hdr: bool = True) -> int:
+def open_tun(name: str, vnet_hdr: bool = True, multi_queue: bool = False) -> int:
     """A non-blocking fd attached to TUN device `name`, creating the device if missing.
 
     With `vnet_hdr`, every read and write on the fd starts with a struct
     virtio_net_hdr (all zero for a plain packet): see flannelette.coalesce.
+    With `multi_queue`, each call attaches one more queue to the device, and
+    the kernel hands each flow's packets to one queue by its hash.
 
     The device is not persistent: it disappears with the last fd, so a runtime
     killed with SIGKILL leaves no flannel0 routing packets into nothing.
@@ -40,7 +43,8 @@ def open_tun(name: str, vnet_hdr: bool = True) -> int:
     except OSError as e:
         raise TunError(f"can't open {TUN_PATH}: {e.strerror} (is the tun module loaded?)") from None
     try:
-        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)))
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
+                                                  | (IFF_MULTI_QUEUE if multi_queue else 0)))
     except OSError as e:
         os.close(fd)
         raise TunError(_setiff_message(name, e)) from None

@@ -23,7 +23,7 @@ MTU = 1472
 class Rig:
     """A running DataPath whose TUN is `self.tun` and whose peers are loopback sockets."""
 
-    def __init__(self, leases, fast=False):
+    def __init__(self, leases, fast=False, send_sock=None):
         self.tun, tun_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.tun.settimeout(2)
         tun_end.setblocking(False)
@@ -36,7 +36,8 @@ class Rig:
         self.stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.stranger.bind(("127.0.0.9", 0))
         table = packet.LeaseTable(OWN, leases, 24, port, force_flannel=not fast)
-        self.path = DataPath(tun_end.fileno(), self.sock, table, MTU, IPv4Address("10.244.1.0"), time.monotonic)
+        self.path = DataPath(tun_end.fileno(), self.sock, table, MTU, IPv4Address("10.244.1.0"), time.monotonic,
+                             send_sock=send_sock)
         self._keep = tun_end
         self.port = port
         self.path.start()
@@ -102,6 +103,20 @@ def test_tun_packet_goes_to_its_subnets_holder_with_ttl_decremented(rig):
     packet.decrement_ttl(expected)
     assert data == bytes(expected)
     assert eventually(lambda: rig.path.totals()[:2] == [1, len(out)])
+
+
+def test_a_queue_may_send_from_a_port_of_its_own_and_still_receive_on_the_shared_one():
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.bind(("127.0.0.1", 0))
+    r = Rig([OWN, PEER], send_sock=sender)
+    try:
+        r.tun_send(ipv4("10.244.1.5", "10.244.2.7"))
+        assert r.peer.recvfrom(2048)[1] == sender.getsockname()
+        r.peer.sendto(ipv4("10.244.2.7", "10.244.1.5"), ("127.0.0.1", r.port))
+        assert r.tun_recv()[16:20] == bytes([10, 244, 1, 5])
+    finally:
+        r.close()
+        sender.close()
 
 
 def test_packet_for_no_lease_gets_net_unreachable_back(rig):
