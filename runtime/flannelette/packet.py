@@ -20,6 +20,10 @@ ICMP_NET_UNREACH = 0
 ICMP_REPLY_TTL = 8
 
 ADDRESSES = struct.Struct("!II")  # source and destination, at offset 12
+CHECKSUM = struct.Struct("!H")  # the header checksum, at offset 10
+DESTINATION = struct.Struct("!I")  # at offset 16
+# Version and IHL, total length, TTL, header checksum, source, destination: the common checks in one unpack.
+IPV4_FIELDS = struct.Struct("!B1xH4xBxHII")
 TOTAL_LENGTH = struct.Struct("!H")  # at offset 2
 WORD = struct.Struct("!H")
 

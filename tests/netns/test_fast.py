@@ -2,7 +2,6 @@
 
 import json
 import signal
-import struct
 
 import pytest
 
