@@ -62,6 +62,17 @@ def run_layout(count: int, size: int, headers: int) -> struct.Struct:
     return struct.Struct("!" + one * count)
 
 
+@lru_cache(maxsize=512)
+def _headers_layout(count: int, size: int, length: int) -> struct.Struct:
+    return struct.Struct(f"{length}s{size - length}x" * count)
+
+
+def same_headers(view, count: int, size: int, length: int) -> bool:
+    """Whether the first `length` bytes of each of `count` slots of `size` bytes are the same."""
+    headers = _headers_layout(count, size, length).unpack_from(view, 0)
+    return headers.count(headers[0]) == count
+
+
 def unpack_run(view, start: int, count: int, size: int):
     """The fields of the `count` packets of `size` bytes at `start` (WIDTH values each)."""
     return run_layout(count, size, header_len(view, start, size)).unpack_from(view, start)

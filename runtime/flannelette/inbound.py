@@ -28,7 +28,7 @@ class Inbound:
         # as one joined TCP packet, or packet by packet; anything else is
         # checked datagram by datagram (_deliver), and consecutive TCP segments
         # are still joined (flannelette.coalesce).
-        buf = bytearray(BUFFER_SIZE)
+        buf = bytearray(BUFFER_SIZE + VNET_HDR_LEN)  # a run of frames is unpacked from its first packet on
         view = memoryview(buf)
         recvmsg_into, bufs = self.recv_sock.recvmsg_into, [buf]
         coalescer = Coalescer(self._write_tun)
@@ -92,7 +92,11 @@ class Inbound:
     def _deliver_run(self, view, got: int, step: int, peer, sender, coalescer) -> bool:
         """A read of equal-size plain datagrams checked all at once; False, untouched, when any check fails."""
         count, tail = divmod(got, step)
-        if count < 2 or step < batch.MIN_SIZE or step > self.mtu or view[0] != 0x45:  # e.g. a fast-format frame
+        if count < 2 or step < batch.MIN_SIZE:
+            return False
+        if vnet.is_fast(view[0]):
+            return self._deliver_frames(view, got, step, count, peer)
+        if step > self.mtu or view[0] != 0x45:
             return False
         table = self.table
         fields = batch.unpack_run(view, 0, count, step)
@@ -120,6 +124,26 @@ class Inbound:
         counts[3] += got if joined else full
         if tail and not joined:
             self._deliver(view, full, got, step, peer, sender, coalescer)
+        return True
+
+    def _deliver_frames(self, view, got: int, step: int, count: int, peer) -> bool:
+        """A read of equal fast-format frames of one packet each (UDP, ACKs): checked at once, written one by one."""
+        size = step - VNET_HDR_LEN
+        if got != count * step or size < batch.MIN_SIZE or vnet.problem(view, step, self.mtu) is not None:
+            return False
+        if not batch.same_headers(view, count, step, VNET_HDR_LEN):  # so the first one's verdict holds for all
+            return False
+        table = self.table
+        fields = batch.run_layout(count, step, batch.MIN_SIZE).unpack_from(view, VNET_HDR_LEN)
+        if not batch.valid_run(fields, count, size, table.shift, peer.key, table.own_key):
+            return False
+        batch.decrement_ttls(view, VNET_HDR_LEN, fields[batch.CHECK::batch.WIDTH], count, step)
+        writev = self._writev_tun
+        for start in range(0, got, step):
+            writev([view[start:start + step]])
+        counts = peer.counts
+        counts[2] += count
+        counts[3] += count * size
         return True
 
     def _write_joined(self, view, start: int, count: int, step: int, payload: int, fields, tail_end: int) -> None:
