@@ -41,6 +41,7 @@ def _check_after_ttl(check: int) -> int:
     return ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF
 
 
+PLUS_ONE = bytes(range(1, 256)) + bytes([0])  # a bytes.translate table: every byte one higher
 # The header checksum after the TTL drops by one, for every checksum before: a
 # table, so a run's checksums are patched by map() without a Python step each.
 CHECK_AFTER_TTL = array("H", map(_check_after_ttl, range(1 << 16)))
@@ -167,6 +168,10 @@ def decrement_ttls(view, start: int, checks, count: int, size: int) -> None:
     """
     end = start + count * size
     view[start + 8:end:size] = bytes(view[start + 8:end:size]).translate(TTL_DOWN)
+    high = bytes(view[start + 10:end:size])
+    if 0xFF not in high and 0xFEFF not in checks:  # then the checksum rises by 0x0100: its high byte alone moves
+        view[start + 10:end:size] = high.translate(PLUS_ONE)
+        return
     checks = array("H", map(CHECK_AFTER_TTL.__getitem__, checks))
     if sys.byteorder == "little":
         checks.byteswap()

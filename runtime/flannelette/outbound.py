@@ -42,16 +42,13 @@ class Outbound:
         view = memoryview(buf)
         readinto = io.FileIO(self.tun_fd, "rb", closefd=False).readinto  # None when the queue is empty
         largest, send_run = self.mtu + VNET_HDR_LEN, self._send_run
-        table, burst = self.table, 0
+        table, since = self.table, 0  # since: frames sent since the other direction last had a turn
         fast = table.fast
         # The run: buf[:end], count frames of size bytes, the last maybe shorter.
         end, count, size = 0, 0, -1
         woke = False
         while not self._stopping:
-            if self.table is not table:  # a reload: what is read from here on follows the new table
-                if count:
-                    send_run(view, end, count, size, fast)
-                    end, count, size = 0, 0, -1
+            if not count and self.table is not table:  # a reload: what is read from here on follows the new table
                 table = self.table
                 fast = table.fast
             n = readinto(view[end:])
@@ -60,37 +57,43 @@ class Outbound:
                     send_run(view, end, count, size, fast)
                     end, count, size = 0, 0, -1
                 yield False
-                woke = True
+                woke, since = True, 0
                 continue
-            burst += 1
-            if burst == BURST:
-                burst = 0
-                yield True
-            if woke:
-                woke = False
-                if n <= SMALL and not count:  # likely alone (a ping, an ACK): no read for company first
-                    send_run(view, n, 1, n, fast)
-                    continue
-            if n == size:
+            if n == size:  # the common case, kept short: the run grows
                 end += n
                 count += 1
-                if count == MAX_SEGMENTS or end + size > BATCH_BYTES:
-                    send_run(view, end, count, size, fast)
-                    end, count, size = 0, 0, -1
+                if count < MAX_SEGMENTS and end + size <= BATCH_BYTES:
+                    continue
+                send_run(view, end, count, size, fast)
+                since += count
+                end, count, size = 0, 0, -1
             elif n > largest:  # a super-packet: alone
                 if count:
                     send_run(view, end, count, size, fast)
                 self._send_frame(view[end:end + n], fast)
-                end, count, size = 0, 0, -1
+                since += count + 1
+                end, count, size, woke = 0, 0, -1, False
             elif not count:
-                end, count, size = n, 1, n
+                if woke and n <= SMALL:  # likely alone (a ping, an ACK): no read for company first
+                    send_run(view, n, 1, n, fast)
+                    since += 1
+                else:
+                    end, count, size = n, 1, n
+                woke = False
+                continue
             elif n < size:  # a shorter frame ends the run
                 send_run(view, end + n, count + 1, size, fast)
+                since += count + 1
                 end, count, size = 0, 0, -1
             else:  # a longer one starts the next
                 send_run(view, end, count, size, fast)
+                since += count
                 buf[:n] = buf[end:end + n]
                 end, count, size = n, 1, n
+                continue
+            if since >= BURST:  # between runs: the other direction's turn
+                since = 0
+                yield True
         if count:
             send_run(view, end, count, size, fast)
 

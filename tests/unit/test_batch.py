@@ -48,6 +48,19 @@ def test_decrement_ttls_matches_one_packet_at_a_time():
     assert all(packet.checksum(data[i:i + 20]) == 0 for i in range(0, len(data), size))
 
 
+@given(st.lists(st.tuples(st.integers(2, 255), st.integers(0, 0xFFFF)), min_size=1, max_size=40))
+def test_decrement_ttls_matches_one_packet_at_a_time_for_any_ttl_and_checksum(headers):
+    size = 24
+    data = bytearray(size * len(headers))
+    for i, (ttl, check) in enumerate(headers):  # 0xFFxx and 0xFEFF take the slower of the two ways
+        struct.pack_into("!BxH", data, i * size + 8, ttl, check)
+    expected = bytearray(data)
+    for i in range(len(headers)):
+        assert packet.decrement_ttl(memoryview(expected)[i * size:(i + 1) * size])
+    batch.decrement_ttls(memoryview(data), 0, tuple(check for _, check in headers), len(headers), size)
+    assert data == expected
+
+
 @pytest.mark.parametrize("defect", [
     lambda p: with_field(p, 0, "!B", 0x46),  # IP options
     lambda p: with_field(p, 8, "!B", 1),  # TTL expires here
