@@ -260,3 +260,24 @@ def test_a_damaged_run_delivers_only_what_passes_and_counts_the_rest(rig, count,
     assert accounted() <= count
     assert all(inner_addresses_ok(frame) for frame in frames), [bytes(f[:40]).hex() for f in frames]
     assert rig.path.alive()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(count=st.integers(1, 24),
+       damage=st.lists(st.tuples(st.integers(0, 23), st.integers(0, 29), st.integers(0, 255)), max_size=6))
+def test_what_leaves_for_a_flannel_peer_is_ipv4_for_its_subnet_whatever_flannel0_hands_over(rig, count, damage):
+    frames = [bytearray(bytes(VNET_HDR_LEN) + ipv4(B, A, payload=bytes([i]) * 100)) for i in range(count)]
+    for index, offset, value in damage:  # the virtio-net header and the IPv4 header
+        if index < count:
+            frames[index][offset] = value
+    for frame in frames:
+        rig.tun.send(bytes(frame))
+    rig.peer.settimeout(0.05)
+    try:
+        while True:
+            data = rig.peer.recv(2048)
+            assert data[0] >> 4 == 4 and data[16:19] == bytes([10, 244, 2]), data[:20].hex()
+    except socket.timeout:
+        pass
+    received_frames(rig)  # answers (net unreachable) for what had no lease
+    assert rig.path.alive()
