@@ -26,7 +26,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Dict, List
 
 from bench.run import OVERLAY, UNDERLAY, UNDERLAY_MTU, VXLAN, Hosts, setup_vxlan, tcp, teardown_vxlan, wait_for_files
-from flannelette import netlink, packet, tun
+from flannelette import netlink, packet, tun, udp
 from flannelette.config import Lease
 from flannelette.datapath import DataPath
 
@@ -42,11 +42,7 @@ PR_SET_PDEATHSIG = 1
 
 
 def udp_socket(address: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    for option in (33, 32):  # SO_RCVBUFFORCE, SO_SNDBUFFORCE, as the runtime
-        sock.setsockopt(socket.SOL_SOCKET, option, 4 << 20)
-    sock.setsockopt(socket.IPPROTO_IP, 10, 0)  # IP_MTU_DISCOVER: IP_PMTUDISC_DONT
+    sock = udp.tunnel_socket(reuse_port=True)
     sock.bind((address, port))
     return sock
 

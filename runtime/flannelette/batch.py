@@ -13,12 +13,12 @@ Nothing here touches a device or a socket: it is tested on bytes.
 from __future__ import annotations
 
 import struct
-import sys
-from array import array
 from functools import lru_cache
 from itertools import groupby
 
-from flannelette.coalesce import IPPROTO_TCP, TCP_ACK, TCP_PSH
+from flannelette.coalesce import TCP_ACK, TCP_PSH
+from flannelette.vnet import IPPROTO_TCP
+from flannelette.packet import CHECKSUM, IPV4_HEADER_LEN, check_after_ttl
 
 # What one packet of a run gives, in words that must match across a run that
 # joins: version, TOS and length; fragment field, TTL and protocol; then the
@@ -36,15 +36,7 @@ SAME_IN_A_JOIN = (HEAD, MIDDLE, SRC, DST, PORTS, ACK, OPTIONS)
 TTL_DOWN = bytes([0]) + bytes(range(255))  # a bytes.translate table: every TTL one lower (0 stays 0)
 
 
-def _check_after_ttl(check: int) -> int:
-    total = (~check & 0xFFFF) + 0xFEFF  # RFC 1624, as packet.decrement_ttl
-    return ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF
-
-
 PLUS_ONE = bytes(range(1, 256)) + bytes([0])  # a bytes.translate table: every byte one higher
-# The header checksum after the TTL drops by one, for every checksum before: a
-# table, so a run's checksums are patched by map() without a Python step each.
-CHECK_AFTER_TTL = array("H", map(_check_after_ttl, range(1 << 16)))
 
 
 def header_len(view, start: int, size: int) -> int:
@@ -169,15 +161,13 @@ def decrement_ttls(view, start: int, checks, count: int, size: int) -> None:
     end = start + count * size
     view[start + 8:end:size] = bytes(view[start + 8:end:size]).translate(TTL_DOWN)
     high = bytes(view[start + 10:end:size])
-    if 0xFF not in high and 0xFEFF not in checks:  # then the checksum rises by 0x0100: its high byte alone moves
-        view[start + 10:end:size] = high.translate(PLUS_ONE)
-        return
-    checks = array("H", map(CHECK_AFTER_TTL.__getitem__, checks))
-    if sys.byteorder == "little":
-        checks.byteswap()
-    pairs = checks.tobytes()  # big-endian: high byte, low byte, for each packet
-    view[start + 10:end:size] = pairs[0::2]
-    view[start + 11:end:size] = pairs[1::2]
+    # A checksum below 0xFEFF rises by exactly 0x0100 when the TTL drops by
+    # one: only its high byte moves. The few others are worked out one by one.
+    view[start + 10:end:size] = high.translate(PLUS_ONE)
+    if 0xFF in high or 0xFEFF in checks:
+        for i, check in enumerate(checks):
+            if check >> 8 == 0xFF or check == 0xFEFF:
+                CHECKSUM.pack_into(view, start + i * size + 10, check_after_ttl(check))
 
 
 def payloads(view, start: int, count: int, size: int, headers: int) -> list:
@@ -200,14 +190,14 @@ def continues(view, start: int, size: int, headers: int, fields, count: int, pay
 # header length, TTL, header checksum (patched with the TTL) and destination.
 OUT_VER_IHL, OUT_TTL, OUT_CHECK, OUT_DST = range(4)
 OUT_WIDTH = 4
-OUTBOUND = struct.Struct("!B7xBxH4xI")
-IPV4_MIN = 20
+OUTBOUND_FIELDS = "B7xBxH4xI"  # IPV4_HEADER_LEN bytes
+OUTBOUND = struct.Struct("!" + OUTBOUND_FIELDS)
 
 
 @lru_cache(maxsize=512)
 def outbound_layout(count: int, size: int, offset: int) -> struct.Struct:
     """The send side's fields of `count` packets of `size` bytes, each `offset` bytes into its slot."""
-    return struct.Struct("!" + f"{offset}xB7xBxH4xI{size - offset - 20}x" * count)
+    return struct.Struct("!" + f"{offset}x{OUTBOUND_FIELDS}{size - offset - IPV4_HEADER_LEN}x" * count)
 
 
 def outbound_key(fields, count: int, shift: int):

@@ -11,14 +11,9 @@ from __future__ import annotations
 
 import struct
 
-# struct virtio_net_hdr, which IFF_VNET_HDR puts before every packet on the TUN fd.
-VNET_HDR = struct.Struct("=BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
-VNET_HDR_LEN = VNET_HDR.size
-VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
-VIRTIO_NET_HDR_GSO_TCPV4 = 1
-PLAIN = bytes(VNET_HDR_LEN)
+from flannelette.packet import checksum
+from flannelette.vnet import F_NEEDS_CSUM, GSO_TCPV4, IPPROTO_TCP, PLAIN, VNET_HDR, VNET_HDR_LEN
 
-IPPROTO_TCP = 6
 TCP_ACK, TCP_PSH = 0x10, 0x08
 TCP_CHECK_OFFSET = 16
 MAX_PACKET = 65535
@@ -120,13 +115,13 @@ def finish_gso(out, length: int, header_len: int, mss: int, flags: int, window: 
     ip = VNET_HDR_LEN
     H.pack_into(out, ip + 2, length)
     H.pack_into(out, ip + 10, 0)
-    H.pack_into(out, ip + 10, _checksum(out[ip:ip + 20]))
+    H.pack_into(out, ip + 10, checksum(out[ip:ip + 20]))
     out[ip + 33] = flags
     H.pack_into(out, ip + 34, window)
     # CHECKSUM_PARTIAL: the check field holds the pseudo-header sum; the stack
     # completes (or, delivering locally, trusts) the rest.
     H.pack_into(out, ip + 20 + TCP_CHECK_OFFSET, _pseudo_header_sum(out, ip, length - 20))
-    VNET_HDR.pack_into(out, 0, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4,
+    VNET_HDR.pack_into(out, 0, F_NEEDS_CSUM, GSO_TCPV4,
                        header_len, mss, 20, TCP_CHECK_OFFSET)
 
 
@@ -134,10 +129,6 @@ def _fold(total: int) -> int:
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return total
-
-
-def _checksum(header) -> int:
-    return ~_fold(sum(struct.unpack("!10H", header))) & 0xFFFF
 
 
 def _pseudo_header_sum(out, ip: int, tcp_length: int) -> int:

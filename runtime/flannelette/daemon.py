@@ -10,13 +10,12 @@ import argparse
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from ipaddress import IPv4Address, IPv4Interface
 from typing import Callable, List, Optional, Tuple
 
-from flannelette import config, healthz, metrics, netlink, notify, subnetenv, tun
+from flannelette import config, healthz, metrics, netlink, notify, subnetenv, tun, udp
 from flannelette.config import ConfigError
 from flannelette.datapath import DataPath
 from flannelette.packet import LeaseTable
@@ -27,14 +26,9 @@ log = logging.getLogger("flannelette")
 EXIT_OK, EXIT_FAILED = 0, 1
 TUN_NAME = "flannel0"
 BRIDGE_NAME = "cni0"
-SOCKET_BUFFER = 4 << 20  # room for bursts at line rate while the data path serves the other direction
 # The kernel queues packets for the runtime on flannel0 here; a queue deeper than
 # the default 500 absorbs bursts instead of dropping them into TCP retransmits.
 TUN_QUEUE = 5000
-SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # Linux: as root, past net.core.*mem_max
-# A fast-mode frame of a full-sized packet is 10 bytes more than one datagram of
-# the underlay carries: the kernel fragments it, which it does only with DF clear.
-IP_MTU_DISCOVER, IP_PMTUDISC_DONT = 10, 0
 # The largest TCP super-packet flannel0 hands over: with the 10-byte virtio-net
 # header it must fit one UDP send (65507 bytes), however the kernel then cuts it.
 TUN_GSO_MAX_SIZE = 65000
@@ -159,14 +153,8 @@ class Runtime:
         netlink.enable_ip_forward()
 
     def _socket(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock = udp.tunnel_socket()
         self.undo.append(("UDP socket", sock.close))
-        for forced, option in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, forced, SOCKET_BUFFER)
-            except OSError:  # without CAP_NET_ADMIN: as much as net.core.*mem_max allows
-                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
-        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
         try:
             sock.bind((str(self.public_ip), self.net_conf.port))
         except OSError as e:

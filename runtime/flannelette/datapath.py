@@ -25,7 +25,7 @@ from flannelette.inbound import Inbound
 from flannelette.outbound import NOT_IPV4, Outbound
 from flannelette.packet import LeaseTable
 from flannelette.ratelimit import RateLimitedLog
-from flannelette.udp import SEGMENT, SOL_UDP, UDP_GRO, UDP_SEGMENT  # noqa: F401  (SEGMENT: for callers that send runs)
+from flannelette.udp import SOL_UDP, UDP_GRO
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,10 @@ import os
 from typing import Iterator
 
 from flannelette import batch, packet, vnet
-from flannelette.coalesce import HEADERS, PLAIN, VNET_HDR_LEN, Coalescer, finish_gso
+from flannelette.coalesce import HEADERS, Coalescer, finish_gso
 from flannelette.packet import CHECKSUM, IPV4_FIELDS
 from flannelette.udp import ANCILLARY_SPACE, BUFFER_SIZE, BURST, MSG_DONTWAIT, segment_size
+from flannelette.vnet import PLAIN, VNET_HDR_LEN
 
 log = logging.getLogger("flannelette.datapath")
 
@@ -54,57 +55,51 @@ class Inbound:
             if step == got:
                 if not self._deliver_one(view, got, peer):
                     self._deliver(view, 0, got, got, peer, sender, coalescer)
-            elif vnet.is_fast(view[0]) and vnet.span(view, 0, step, got) == got:  # one super-packet, cut in datagrams
-                if self._deliver_fast(self.table, view[:got], got, sender):
-                    counts = peer.counts
-                    counts[2] += 1
-                    counts[3] += got - VNET_HDR_LEN
             elif not self._deliver_run(view, got, step, peer, sender, coalescer):
                 self._deliver(view, 0, got, step, peer, sender, coalescer)
 
     def _deliver_one(self, view, got: int, peer) -> bool:
-        """A lone datagram that passes the common checks, written with its TTL lowered; False for anything else.
+        """A lone plain datagram that passes the common checks, written with its TTL lowered; False for anything else.
 
-        Plain, or a fast-format frame of one packet; anything more is left
-        to _deliver, which also finds the reason to drop what it drops.
+        Anything else is left to _deliver, which also finds the reason to drop what it drops.
         """
-        at = 0
-        if vnet.is_fast(view[0]):
-            if view[1] or vnet.problem(view, got, self.mtu) is not None:
-                return False
-            at = VNET_HDR_LEN
-        n = got - at
-        if n < IPV4_FIELDS.size or n > self.mtu:
+        if got < IPV4_FIELDS.size or got > self.mtu:
             return False
         table = self.table
-        ver_ihl, total, ttl, check, source, destination = IPV4_FIELDS.unpack_from(view, at)
-        if ver_ihl != 0x45 or total != n or ttl <= 1 or source >> table.shift != peer.key \
+        ver_ihl, total, ttl, _, source, destination = IPV4_FIELDS.unpack_from(view, 0)
+        if ver_ihl != 0x45 or total != got or ttl <= 1 or source >> table.shift != peer.key \
                 or destination >> table.shift != table.own_key:
             return False
-        view[at + 8] = ttl - 1
-        CHECKSUM.pack_into(view, at + 10, batch.CHECK_AFTER_TTL[check])
-        if self._writev_tun([view[:got]] if at else [PLAIN, view[:got]]):
+        packet.decrement_ttl(view[:got])
+        if self._writev_tun([PLAIN, view[:got]]):
             counts = peer.counts
             counts[2] += 1
-            counts[3] += n
+            counts[3] += got
         return True
 
     def _deliver_run(self, view, got: int, step: int, peer, sender, coalescer) -> bool:
-        """A read of equal-size plain datagrams checked all at once; False, untouched, when any check fails."""
+        """A read of equal-size datagrams checked all at once; False, untouched, when any check fails.
+
+        Plain packets, or fast-format frames of one packet each (UDP, ACKs)
+        whose virtio-net headers are all the same, so the first one's verdict
+        holds for all. A super-packet cut into datagrams ends shorter: not a run.
+        """
         count, tail = divmod(got, step)
-        if count < 2 or step < batch.MIN_SIZE:
+        framed = vnet.is_fast(view[0])
+        at = VNET_HDR_LEN if framed else 0
+        size = step - at
+        if count < 2 or size < batch.MIN_SIZE or size > self.mtu:
             return False
-        if vnet.is_fast(view[0]):
-            return self._deliver_frames(view, got, step, count, peer)
-        if step > self.mtu or view[0] != 0x45:
+        if framed and (tail or vnet.problem(view, step, self.mtu) is not None
+                       or not batch.same_headers(view, count, step, VNET_HDR_LEN)):
             return False
         table = self.table
-        fields = batch.unpack_run(view, 0, count, step)
-        if not batch.valid_run(fields, count, step, table.shift, peer.key, table.own_key):
+        fields = batch.unpack_run(view, at, count, step)
+        if not batch.valid_run(fields, count, size, table.shift, peer.key, table.own_key):
             return False
         full = count * step
         joined = False
-        if batch.may_join(fields, count, step):
+        if not framed and batch.may_join(fields, count, step):
             parts = batch.joins(fields, count, step)
             if parts is None:
                 return False  # TCP data that does not join whole: the per-packet path joins what parts do
@@ -115,35 +110,15 @@ class Inbound:
                 self._write_joined(view, first * step, n, step, payload, fields[first * batch.WIDTH:(first + n) * batch.WIDTH],
                                    got if joined and first + n == count else 0)
         else:
-            batch.decrement_ttls(view, 0, fields[batch.CHECK::batch.WIDTH], count, step)
-            writev = self._writev_tun
+            batch.decrement_ttls(view, at, fields[batch.CHECK::batch.WIDTH], count, step)
+            writev, header = self._writev_tun, [] if framed else [PLAIN]
             for start in range(0, full, step):
-                writev([PLAIN, view[start:start + step]])
+                writev([*header, view[start:start + step]])
         counts = peer.counts
         counts[2] += count + joined
-        counts[3] += got if joined else full
+        counts[3] += got if joined else count * size
         if tail and not joined:
             self._deliver(view, full, got, step, peer, sender, coalescer)
-        return True
-
-    def _deliver_frames(self, view, got: int, step: int, count: int, peer) -> bool:
-        """A read of equal fast-format frames of one packet each (UDP, ACKs): checked at once, written one by one."""
-        size = step - VNET_HDR_LEN
-        if got != count * step or size < batch.MIN_SIZE or vnet.problem(view, step, self.mtu) is not None:
-            return False
-        if not batch.same_headers(view, count, step, VNET_HDR_LEN):  # so the first one's verdict holds for all
-            return False
-        table = self.table
-        fields = batch.run_layout(count, step, batch.MIN_SIZE).unpack_from(view, VNET_HDR_LEN)
-        if not batch.valid_run(fields, count, size, table.shift, peer.key, table.own_key):
-            return False
-        batch.decrement_ttls(view, VNET_HDR_LEN, fields[batch.CHECK::batch.WIDTH], count, step)
-        writev = self._writev_tun
-        for start in range(0, got, step):
-            writev([view[start:start + step]])
-        counts = peer.counts
-        counts[2] += count
-        counts[3] += count * size
         return True
 
     def _write_joined(self, view, start: int, count: int, step: int, payload: int, fields, tail_end: int) -> None:
@@ -174,19 +149,19 @@ class Inbound:
         delivered = carried = 0
         while start < got:
             n = min(step, got - start)
+            if vnet.is_fast(view[start]):  # a frame, maybe a super-packet cut into the rest of the read
+                coalescer.flush()  # in order with what went before
+                n = vnet.span(view, start, n, got)
+                if self._deliver_fast(table, view[start:start + n], n, sender):
+                    delivered += 1
+                    carried += n - VNET_HDR_LEN
+                start += n
+                continue
             # The common case checked inline; the verdict with its reason is
             # worked out only for the rest.
             fields = headers(view, start) if n >= HEADERS.size else None
             if fields is None or not (fields[0] == 0x45 and fields[2] == n <= mtu and fields[5] > 1
                                       and fields[8] >> shift == source_key and fields[9] >> shift == own_key):
-                if vnet.is_fast(view[start]):
-                    coalescer.flush()  # in order with what went before
-                    n = vnet.span(view, start, n, got)
-                    if self._deliver_fast(table, view[start:start + n], n, sender):
-                        delivered += 1
-                        carried += n - VNET_HDR_LEN
-                    start += n
-                    continue
                 if not self._acceptable(table, view[start:start + n], n, sender):
                     start += n
                     continue

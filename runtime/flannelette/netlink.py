@@ -49,14 +49,6 @@ def interface_with_address(ipr, address: IPv4Address) -> Optional[str]:
     return None
 
 
-def default_route_interface(ipr) -> Optional[str]:
-    for route in ipr.get_routes(family=socket.AF_INET, dst_len=0):
-        index = route.get_attr("RTA_OIF")
-        if index:
-            return ipr.get_links(index)[0].get_attr("IFLA_IFNAME")
-    return None
-
-
 def ensure_up(ipr, index: int, mtu: int, txqlen: Optional[int] = None) -> None:
     link = ipr.get_links(index)[0]
     if link.get_attr("IFLA_MTU") != mtu:

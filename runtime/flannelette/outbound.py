@@ -13,9 +13,9 @@ import socket
 from typing import Iterator
 
 from flannelette import batch, packet, vnet
-from flannelette.coalesce import PLAIN, VNET_HDR_LEN
-from flannelette.packet import CHECKSUM, DESTINATION, IPV4_FIELDS
+from flannelette.packet import DESTINATION
 from flannelette.udp import BUFFER_SIZE, BURST, SEGMENT, SOL_UDP, UDP_SEGMENT
+from flannelette.vnet import PLAIN, VNET_HDR_LEN
 
 log = logging.getLogger("flannelette.datapath")
 
@@ -99,13 +99,11 @@ class Outbound:
 
     def _send_run(self, view, end: int, count: int, size: int, fast: bool) -> None:
         """Send buf[:end]: count frames of `size` bytes, the last maybe shorter, checked all at once when they can be."""
-        if count == 1:
-            self._send_one(view, end, fast)
-            return
         table = self.table
         full, tail = divmod(end, size)
         peer = None
-        if size >= VNET_HDR_LEN + batch.IPV4_MIN and (not tail or tail >= VNET_HDR_LEN + batch.IPV4_MIN) \
+        shortest = VNET_HDR_LEN + packet.IPV4_HEADER_LEN
+        if count > 1 and size >= shortest and (not tail or tail >= shortest) \
                 and (fast or self._finished(view, end, count, size)):
             fields = batch.outbound_layout(full, size, VNET_HDR_LEN).unpack_from(view, 0)
             key = batch.outbound_key(fields, full, table.shift)
@@ -113,7 +111,7 @@ class Outbound:
                     batch.OUTBOUND.unpack_from(view, full * size + VNET_HDR_LEN), 1, table.shift) != key:
                 key = None
             peer = table.by_subnet.get(key) if key is not None else None
-        if peer is None:  # something to drop, answer or send elsewhere: frame by frame
+        if peer is None:  # a lone frame, or something to drop, answer or send elsewhere: frame by frame
             self._send_each(view, end, count, size, fast)
             return
         batch.decrement_ttls(view, VNET_HDR_LEN, fields[batch.OUT_CHECK::batch.OUT_WIDTH], full, size)
@@ -132,31 +130,19 @@ class Outbound:
         """Whether no frame of the run leaves the kernel a checksum or a segmentation to do (flags, gso_type zero)."""
         return bytes(view[0:end:size]).count(0) == count and bytes(view[1:end:size]).count(0) == count
 
-    def _send_one(self, view, n: int, fast: bool) -> None:
-        """A lone frame: the common case checked inline, the rest by _route, which says why it drops."""
-        if n >= VNET_HDR_LEN + IPV4_FIELDS.size:
-            table = self.table
-            ver_ihl, _, ttl, check, _, destination = IPV4_FIELDS.unpack_from(view, VNET_HDR_LEN)
-            peer = table.by_subnet.get(destination >> table.shift)
-            finished = view[:VNET_HDR_LEN] == PLAIN
-            if peer is not None and 0x45 <= ver_ihl <= 0x4F and ttl > 1 and (fast or finished):
-                view[VNET_HDR_LEN + 8] = ttl - 1
-                CHECKSUM.pack_into(view, VNET_HDR_LEN + 10, batch.CHECK_AFTER_TTL[check])
-                # A finished packet leaves in flannel's format in either mode: it says all.
-                wire = view[VNET_HDR_LEN:n] if finished else view[:n]
-                self._send([wire], 1, len(wire), n - VNET_HDR_LEN, peer)
-                return
-        self._send_each(view, n, 1, n, fast)
-
     def _send_each(self, view, end: int, count: int, size: int, fast: bool) -> None:
-        """The run frame by frame: each checked on its own, dropped or answered with its reason, or sent alone."""
+        """The run frame by frame: each checked on its own, dropped or answered with its reason, or sent alone.
+
+        A finished packet (its virtio-net header all zero: a ping) leaves in
+        flannel's format in either mode: that says all of it.
+        """
         table = self.table
         for start in range(0, end, size):
             n = min(size, end - start)
             frame = view[start:start + n]
             peer = self._route(table, frame[VNET_HDR_LEN:], n - VNET_HDR_LEN, None if fast else frame[:VNET_HDR_LEN])
             if peer is not None:
-                wire = frame if fast else frame[VNET_HDR_LEN:]
+                wire = frame if fast and frame[:VNET_HDR_LEN] != PLAIN else frame[VNET_HDR_LEN:]
                 self._send([wire], 1, len(wire), n - VNET_HDR_LEN, peer)
 
     def _route(self, table, data, n: int, header):
@@ -179,11 +165,12 @@ class Outbound:
 
     def _send_frame(self, frame, fast: bool) -> None:
         """A frame too large for one datagram: in the fast format, checked, then cut by the kernel."""
-        peer = self._route(self.table, frame[VNET_HDR_LEN:], len(frame) - VNET_HDR_LEN, None if fast else frame)
-        if peer is not None and fast:
+        if not fast:  # in flannel's format it can only be dropped (offloads) or, finished, fragmented by the kernel
+            self._send_each(frame, len(frame), 1, len(frame), fast)
+            return
+        peer = self._route(self.table, frame[VNET_HDR_LEN:], len(frame) - VNET_HDR_LEN, None)
+        if peer is not None:
             self._send_fast(frame, peer)
-        elif peer is not None:  # finished, yet larger than the overlay's MTU: the kernel fragments it
-            self._send([frame[VNET_HDR_LEN:]], 1, len(frame) - VNET_HDR_LEN, len(frame) - VNET_HDR_LEN, peer)
 
     def _send(self, parts, count: int, size: int, carried: int, peer) -> None:
         """Send `parts` (buffers, end to end) to `peer` as `count` datagrams of `size` bytes, the last maybe shorter."""

@@ -75,11 +75,15 @@ def decrement_ttl(packet) -> bool:
     if ttl <= 1:
         return False
     packet[8] = ttl - 1
-    # ~m + m' is constant: the word holding TTL drops by 0x0100, i.e. + 0xFEFF.
-    total = (~WORD.unpack_from(packet, 10)[0] & 0xFFFF) + 0xFEFF
-    total = (total & 0xFFFF) + (total >> 16)
-    WORD.pack_into(packet, 10, ~total & 0xFFFF)
+    WORD.pack_into(packet, 10, check_after_ttl(WORD.unpack_from(packet, 10)[0]))
     return True
+
+
+def check_after_ttl(check: int) -> int:
+    """The header checksum `check` once the TTL has dropped by one (RFC 1624, equation 3)."""
+    # ~m + m' is constant: the word holding TTL drops by 0x0100, i.e. + 0xFEFF.
+    total = (~check & 0xFFFF) + 0xFEFF
+    return ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF
 
 
 def checksum(data) -> int:

@@ -20,6 +20,7 @@ from flannelette.packet import IPV4_HEADER_LEN, MALFORMED, OVERSIZED, SHORT
 # struct virtio_net_hdr, little-endian as the TUN devices of x86 and arm64 hosts give it.
 VNET_HDR = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
 VNET_HDR_LEN = VNET_HDR.size
+PLAIN = bytes(VNET_HDR_LEN)  # a finished packet: nothing for the kernel to do
 F_NEEDS_CSUM, F_DATA_VALID = 1, 2
 GSO_NONE, GSO_TCPV4, GSO_ECN = 0, 1, 0x80
 IPPROTO_TCP, IPPROTO_UDP = 6, 17

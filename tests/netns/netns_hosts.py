@@ -167,6 +167,13 @@ class Host:
     def signal(self, signum):
         self.proc.send_signal(signum)
 
+    def reload(self):
+        """SIGHUP, and back once the runtime has said RELOADING=1 and then READY=1."""
+        seen = len(self.notes.seen)
+        self.signal(signal.SIGHUP)
+        after = self.notes.wait_for("RELOADING=1", after=seen)
+        self.notes.wait_for("READY=1", after=after)
+
     def stop(self, timeout=30):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -1,7 +1,6 @@
 """Between flannelette hosts, TCP super-packets cross as they are; hostile fast-mode datagrams don't."""
 
 import json
-import signal
 
 import pytest
 
@@ -89,13 +88,6 @@ def test_hostile_fast_datagrams_are_dropped_and_counted(cluster, pair):
         peer.close()
 
 
-def reload(host):
-    seen = len(host.notes.seen)
-    host.signal(signal.SIGHUP)
-    after = host.notes.wait_for("RELOADING=1", after=seen)
-    host.notes.wait_for("READY=1", after=after)
-
-
 def test_reload_switches_modes_under_a_running_stream(cluster, pair):
     a, b = pair
     flanneld = {"host": "flanneld", "subnet": "10.244.9.0/24", "public_ip": "192.168.60.50", "wire": "flannel"}
@@ -106,7 +98,7 @@ def test_reload_switches_modes_under_a_running_stream(cluster, pair):
 
     cluster.write_leases(cluster.hosts, extra=[flanneld])  # a flanneld host joins: flannel's format for all
     for host in pair:
-        reload(host)
+        host.reload()
     assert a.metric("wire_fast") == 0
     eventually(lambda: False, timeout=0.5)  # packets offloaded before the switch have left
     before = carried(a)
@@ -116,7 +108,7 @@ def test_reload_switches_modes_under_a_running_stream(cluster, pair):
 
     cluster.write_leases(cluster.hosts)  # and leaves: the fast format again
     for host in pair:
-        reload(host)
+        host.reload()
     assert a.metric("wire_fast") == 1
     out, _ = client.communicate(timeout=30)
     server.wait(10)

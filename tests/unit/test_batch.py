@@ -7,11 +7,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from flannelette import batch, packet, vnet
-from flannelette.coalesce import VNET_HDR_LEN
-from flannelette.datapath import SEGMENT, SOL_UDP, UDP_SEGMENT
+from flannelette.vnet import VNET_HDR_LEN
+from flannelette.udp import SEGMENT, SOL_UDP, UDP_SEGMENT
 from ipv4_packets import ipv4, tcp
 from test_coalesce import coalesce
-from test_datapath import OWN, PEER, Rig, eventually
+from test_datapath import OWN, eventually, rig  # noqa: F401  (rig: the fixture, shared)
 
 A, B = "10.244.2.7", "10.244.1.5"  # from the peer's subnet to ours
 SHIFT, PEER_KEY, OWN_KEY = 8, 0x0AF402, 0x0AF401
@@ -112,13 +112,6 @@ def test_outbound_key_is_the_one_subnet_a_run_goes_to():
 
 # -- through a running data path: a run sent with UDP_SEGMENT arrives as one UDP_GRO read ----------
 
-@pytest.fixture
-def rig():
-    r = Rig([OWN, PEER])
-    yield r
-    r.close()
-
-
 def send_run(rig, packets):
     rig.peer.sendmsg([b"".join(map(bytes, packets))], [(SOL_UDP, UDP_SEGMENT, SEGMENT.pack(len(packets[0])))],
                      0, ("127.0.0.1", rig.port))
@@ -169,6 +162,33 @@ def test_a_run_splits_into_joins_where_the_timestamp_changes(rig, split, tail):
     assert len(want) == 2
     send_run(rig, packets)
     assert arriving(rig, 2) == want
+
+
+@pytest.mark.parametrize("run", [
+    stream(40) + [tcp(A, B, 5000 + 40 * MSS, b"t" * 30)],  # one join, with its shorter last segment
+    stream(5) + [tcp(A, B, 5000 + i * MSS, b"n" * MSS, options=NEXT_WRITE) for i in range(5, 9)],  # two joins
+    [tcp(A, B, 5000, b"", ack=1000 + i) for i in range(10)],  # pure ACKs: each written as it came
+])
+def test_a_clean_run_is_checked_and_written_without_a_step_per_packet(rig, run):
+    per_packet = []
+    rig.path._deliver = lambda *args: per_packet.append(args)
+    want = coalesce(*run)
+    send_run(rig, run)
+    assert arriving(rig, len(want)) == want
+    assert per_packet == []
+
+
+def test_a_clean_run_read_from_flannel0_is_sent_without_a_step_per_packet(rig):
+    frames = [bytes(VNET_HDR_LEN) + bytes(ipv4(B, A, payload=bytes([i]) * 80)) for i in range(6)]
+    frames.append(bytes(VNET_HDR_LEN) + bytes(ipv4(B, A, payload=bytes(20))))  # a shorter one ends the run
+    per_packet = []
+    rig.path._send_each = lambda *args: per_packet.append(args)
+    rig.path._send_run(memoryview(bytearray(b"".join(frames))), sum(map(len, frames)), 7, len(frames[0]), False)
+    for frame in frames:
+        inner = bytearray(frame[VNET_HDR_LEN:])
+        assert packet.decrement_ttl(inner)
+        assert rig.peer.recv(2048) == bytes(inner)
+    assert per_packet == []
 
 
 def test_a_spoofed_packet_in_a_run_is_dropped_alone(rig):
@@ -226,11 +246,14 @@ def fast_frames(count):
 
 def test_a_run_of_fast_frames_enters_the_tun_frame_by_frame_ttl_aside(rig):
     frames = fast_frames(8)
+    per_packet = []
+    rig.path._deliver = lambda *args: per_packet.append(args)
     send_run(rig, frames)
     for frame in frames:
         assert packet.decrement_ttl(memoryview(frame)[VNET_HDR_LEN:])
     assert arriving(rig, 8) == [bytes(f) for f in frames]
     assert eventually(lambda: rig.path.totals()[2:] == [8, 8 * (len(frames[0]) - VNET_HDR_LEN)])
+    assert per_packet == []  # checked as a run
 
 
 def test_a_spoofed_frame_in_a_run_of_fast_frames_is_dropped_alone(rig):
@@ -273,11 +296,15 @@ def test_what_leaves_for_a_flannel_peer_is_ipv4_for_its_subnet_whatever_flannel0
     for frame in frames:
         rig.tun.send(bytes(frame))
     rig.peer.settimeout(0.05)
+    sent = 0
     try:
         while True:
             data = rig.peer.recv(2048)
             assert data[0] >> 4 == 4 and data[16:19] == bytes([10, 244, 2]), data[:20].hex()
+            sent += 1
     except socket.timeout:
         pass
+    if not damage:
+        assert sent == count
     received_frames(rig)  # answers (net unreachable) for what had no lease
     assert rig.path.alive()

@@ -3,7 +3,8 @@
 import struct
 
 from flannelette import packet
-from flannelette.coalesce import HEADERS, PLAIN, VNET_HDR, VNET_HDR_LEN, Coalescer
+from flannelette.coalesce import HEADERS, Coalescer
+from flannelette.vnet import PLAIN, VNET_HDR, VNET_HDR_LEN
 from ipv4_packets import ipv4, tcp
 
 A, B = "10.244.2.7", "10.244.1.5"

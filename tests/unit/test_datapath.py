@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from flannelette import packet
-from flannelette.coalesce import VNET_HDR_LEN
+from flannelette.vnet import VNET_HDR_LEN
 from flannelette.config import Lease
 from flannelette.datapath import DataPath
 from flannelette.ratelimit import RateLimitedLog

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from flannelette import packet, vnet
 from ipv4_packets import ipv4, tcp
-from flannelette.datapath import SOL_UDP, UDP_GRO, UDP_SEGMENT
+from flannelette.udp import SOL_UDP, UDP_GRO, UDP_SEGMENT
 from test_datapath import MTU, OTHER, OWN, PEER, Rig, eventually
 
 GSO = vnet.VNET_HDR.pack(vnet.F_NEEDS_CSUM, vnet.GSO_TCPV4, 52, 1420, 20, 16)
