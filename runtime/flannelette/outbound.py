@@ -103,8 +103,11 @@ class Outbound:
         full, tail = divmod(end, size)
         peer = None
         shortest = VNET_HDR_LEN + packet.IPV4_HEADER_LEN
+        # A fast-format frame of a full-sized packet is larger than a datagram of
+        # the underlay: the kernel must fragment it, which it does not for a
+        # segmented send (EMSGSIZE). Such frames go one by one.
         if count > 1 and size >= shortest and (not tail or tail >= shortest) \
-                and (fast or self._finished(view, end, count, size)):
+                and (size <= self.mtu if fast else self._finished(view, end, count, size)):
             fields = batch.outbound_layout(full, size, VNET_HDR_LEN).unpack_from(view, 0)
             key = batch.outbound_key(fields, full, table.shift)
             if tail and key is not None and batch.outbound_key(

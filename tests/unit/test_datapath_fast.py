@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from flannelette import packet, vnet
 from ipv4_packets import ipv4, tcp
 from flannelette.udp import SOL_UDP, UDP_GRO, UDP_SEGMENT
+from flannelette.vnet import VNET_HDR_LEN
 from test_datapath import MTU, OTHER, OWN, PEER, Rig, eventually
 
 GSO = vnet.VNET_HDR.pack(vnet.F_NEEDS_CSUM, vnet.GSO_TCPV4, 52, 1420, 20, 16)
@@ -73,6 +74,19 @@ def test_small_frames_leave_one_per_datagram_batched_or_not(rig):
     for data in sent:
         assert rig.peer.recv(2048) == partial_udp + decremented(data)
     assert eventually(lambda: rig.path.totals()[:2] == [20, 20 * len(sent[0])])
+
+
+def test_full_sized_frames_leave_one_per_send_for_the_kernel_to_fragment(rig):
+    partial_tcp = vnet.VNET_HDR.pack(vnet.F_NEEDS_CSUM, 0, 0, 0, 20, 16)
+    frames = [partial_tcp + bytes(tcp("10.244.1.5", "10.244.2.7", 1 + i * 1420, bytes(1420))) for i in range(3)]
+    assert len(frames[0]) > MTU  # 10 bytes more than a datagram of the underlay carries
+    sends = []
+    send = rig.path._send
+    rig.path._send = lambda parts, count, size, *rest: sends.append((count, size)) or send(parts, count, size, *rest)
+    rig.path._send_run(memoryview(bytearray(b"".join(frames))), 3 * len(frames[0]), 3, len(frames[0]), True)
+    assert sends == [(1, len(frames[0]))] * 3
+    for frame in frames:
+        assert rig.peer.recv(2048) == frame[:VNET_HDR_LEN] + decremented(frame[VNET_HDR_LEN:])
 
 
 def test_a_lone_finished_packet_leaves_in_flannels_format(rig):
