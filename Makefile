@@ -16,7 +16,7 @@ unit: $(VENV)/.installed
 setup: system-packages $(VENV)/.installed
 
 demo: setup
-	$(PY) -m deploys.demo
+	$(PY) -m lab.demo
 
 bench: setup
 	$(PY) -m bench

@@ -26,9 +26,10 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Dict, List
 
 from bench.run import OVERLAY, UNDERLAY, UNDERLAY_MTU, VXLAN, Hosts, setup_vxlan, tcp, teardown_vxlan, wait_for_files
-from flannelette import netlink, packet, tun, udp
-from flannelette.config import Lease
-from flannelette.datapath import DataPath
+from flannelette.host.kernel import netlink, tun, udp
+from flannelette.host.datapath import packet
+from flannelette.model.config import Lease
+from flannelette.host.datapath.loop import DataPath
 
 NETWORK = IPv4Network("10.244.0.0/16")
 SUBNETS = (IPv4Network("10.244.1.0/24"), IPv4Network("10.244.2.0/24"))

@@ -186,7 +186,7 @@ def flannelette_command() -> List[str]:
     script = shutil.which("flannelette") or os.path.join(os.path.dirname(sys.executable), "flannelette")
     if os.path.exists(script):
         return [script, "run"]
-    return [sys.executable, "-m", "flannelette.daemon"]
+    return [sys.executable, "-m", "flannelette.host.daemon"]
 
 
 def start_flannelette(hosts: Hosts, mode: str) -> List[subprocess.Popen]:

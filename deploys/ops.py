@@ -15,7 +15,7 @@ from pyinfra.api.util import get_file_sha1
 from pyinfra.facts.files import File, Sha1File
 from pyinfra.operations import systemd
 
-from deploys.facts import DirectoryEntries, removable_directories
+from flannelette.deploy.facts import DirectoryEntries, removable_directories
 
 
 @operation()

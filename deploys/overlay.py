@@ -8,6 +8,6 @@ before any host is touched; one bad host, or one without an allocation in
 inventory/prod.leases.json, stops the run with exit code 1 and no change.
 """
 
-from deploys import tasks
+from flannelette.deploy import tasks
 
 tasks.overlay(tasks.load_plan())

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jinja2
 
-from flannelette.config import Lease, NetConf, render_leases
+from flannelette.model.config import Lease, NetConf, render_leases
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 

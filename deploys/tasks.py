@@ -20,13 +20,13 @@ from pyinfra.api.exceptions import PyinfraError
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import files, server, systemd
 
-from deploys import bundle, facts, ops, render
-from deploys.render import (
+from flannelette.deploy import bundle, facts, ops, render
+from flannelette.deploy.render import (
     COMMAND, CONF_DIR, CONFLIST, LEASES, NET_CONF, PYZ, SYSCTL, UNIT, UNIT_NAME,
 )
-from flannelette import inventory as flannel_inventory
-from flannelette.config import ConfigError
-from flannelette.plan import Plan
+from flannelette.controller import inventory as flannel_inventory
+from flannelette.model.config import ConfigError
+from flannelette.model.plan import Plan
 
 # Written before the runtime first turns IPv4 forwarding on, so that a
 # teardown can put the host's setting back as it found it.

@@ -4,6 +4,6 @@ what the runtime made in the kernel, leaving each host as it was before.
     pyinfra -y inventory/prod.py deploys/teardown.py
 """
 
-from deploys import tasks
+from flannelette.deploy import tasks
 
 tasks.teardown()

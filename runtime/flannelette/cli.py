@@ -7,8 +7,9 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from flannelette import __version__, config
-from flannelette.config import ConfigError
+from flannelette import __version__
+from flannelette.model import config
+from flannelette.model.config import ConfigError
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_runtime_commands(commands) -> None:
-    from flannelette import daemon, status
+    from flannelette.host import daemon, status
 
     run = commands.add_parser(
         "run",
@@ -81,7 +82,7 @@ def _add_runtime_commands(commands) -> None:
 
 
 def cmd_validate(args) -> int:
-    from flannelette import inventory
+    from flannelette.controller import inventory
 
     try:
         inventory.plan_inventory(inventory.load(args.inventory), args.inventory)
@@ -92,7 +93,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from flannelette import inventory
+    from flannelette.controller import inventory
 
     try:
         plan = inventory.plan_inventory(inventory.load(args.inventory), args.inventory, allocate=args.write)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from deploys import demo
+from lab import demo
 from lab import Lab
 
 pytestmark = pytest.mark.e2e

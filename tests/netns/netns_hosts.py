@@ -18,7 +18,7 @@ from ipaddress import IPv4Network
 
 import pytest
 
-from flannelette import metrics
+from flannelette.host import metrics
 
 CLONE_NEWNET = 0x40000000
 UNDERLAY = IPv4Network("192.168.60.0/24")

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from netns_hosts import flannelette_command, sh
-from flannelette import subnetenv
+from flannelette.host import subnetenv
 
 pytestmark = pytest.mark.netns
 

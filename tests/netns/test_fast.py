@@ -6,7 +6,7 @@ import pytest
 
 from netns_hosts import eventually
 from test_hostile import LISTEN_PORT, ipv4_udp, received, udp_socket
-from flannelette import vnet
+from flannelette.host.datapath import vnet
 
 pytestmark = pytest.mark.netns
 PORT = 8285

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from netns_hosts import OUTSIDER_IP, eventually, in_namespace
-from flannelette import packet
+from flannelette.host.datapath import packet
 
 pytestmark = pytest.mark.netns
 PORT = 8285

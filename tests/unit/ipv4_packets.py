@@ -3,7 +3,7 @@
 import struct
 from ipaddress import IPv4Address
 
-from flannelette import packet
+from flannelette.host.datapath import packet
 
 
 def ipv4(src, dst, payload=b"\x12\x34\x00\x35\x00\x10\x00\x00" + b"hello!!!", proto=17, ttl=64, flags_frag=0x4000):

@@ -6,9 +6,9 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from flannelette import batch, packet, vnet
-from flannelette.vnet import VNET_HDR_LEN
-from flannelette.udp import SEGMENT, SOL_UDP, UDP_SEGMENT
+from flannelette.host.datapath import batch, packet, vnet
+from flannelette.host.datapath.vnet import VNET_HDR_LEN
+from flannelette.host.kernel.udp import SEGMENT, SOL_UDP, UDP_SEGMENT
 from ipv4_packets import ipv4, tcp
 from test_coalesce import coalesce
 from test_datapath import OWN, eventually, rig  # noqa: F401  (rig: the fixture, shared)

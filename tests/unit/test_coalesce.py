@@ -2,9 +2,9 @@
 
 import struct
 
-from flannelette import packet
-from flannelette.coalesce import HEADERS, Coalescer
-from flannelette.vnet import PLAIN, VNET_HDR, VNET_HDR_LEN
+from flannelette.host.datapath import packet
+from flannelette.host.datapath.coalesce import HEADERS, Coalescer
+from flannelette.host.datapath.vnet import PLAIN, VNET_HDR, VNET_HDR_LEN
 from ipv4_packets import ipv4, tcp
 
 A, B = "10.244.2.7", "10.244.1.5"

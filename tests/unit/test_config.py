@@ -5,8 +5,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from flannelette import config
-from flannelette.config import ConfigError, Lease
+from flannelette.model import config
+from flannelette.model.config import ConfigError, Lease
 
 UDP = {"Type": "udp"}
 

@@ -7,11 +7,11 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from flannelette import packet
-from flannelette.vnet import VNET_HDR_LEN
-from flannelette.config import Lease
-from flannelette.datapath import DataPath
-from flannelette.ratelimit import RateLimitedLog
+from flannelette.host.datapath import packet
+from flannelette.host.datapath.vnet import VNET_HDR_LEN
+from flannelette.model.config import Lease
+from flannelette.host.datapath.loop import DataPath
+from flannelette.host.ratelimit import RateLimitedLog
 from ipv4_packets import ipv4
 
 OWN = Lease("a", IPv4Network("10.244.1.0/24"), IPv4Address("127.0.0.1"))

@@ -5,10 +5,10 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from flannelette import packet, vnet
+from flannelette.host.datapath import packet, vnet
 from ipv4_packets import ipv4, tcp
-from flannelette.udp import SOL_UDP, UDP_GRO, UDP_SEGMENT
-from flannelette.vnet import VNET_HDR_LEN
+from flannelette.host.kernel.udp import SOL_UDP, UDP_GRO, UDP_SEGMENT
+from flannelette.host.datapath.vnet import VNET_HDR_LEN
 from test_datapath import MTU, OTHER, OWN, PEER, Rig, eventually
 
 GSO = vnet.VNET_HDR.pack(vnet.F_NEEDS_CSUM, vnet.GSO_TCPV4, 52, 1420, 20, 16)

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import zipfile
 
-from deploys import bundle
+from flannelette.deploy import bundle
 
 
 def entries(data: bytes) -> list:
@@ -27,7 +27,7 @@ def test_entries_are_sorted_with_fixed_times_and_modes():
 
 def test_holds_the_package_its_schemas_and_pure_python_dependencies_only():
     names = {i.filename for i in entries(bundle.build_bytes())}
-    for name in ("flannelette/cli.py", "flannelette/config.py", "flannelette/schemas/net-conf.yaml",
+    for name in ("flannelette/cli.py", "flannelette/model/config.py", "flannelette/schemas/net-conf.yaml",
                  "cerberus/__init__.py", "yaml/__init__.py", "pyroute2/__init__.py"):
         assert name in names
     assert not [n for n in names if n.endswith((".so", ".pyc", ".pyd")) or "__pycache__" in n]

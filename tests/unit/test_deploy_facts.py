@@ -2,7 +2,7 @@
 
 import pytest
 
-from deploys import facts
+from flannelette.deploy import facts
 
 LINKS_OUTPUT = """\
 mtu eth0 1500

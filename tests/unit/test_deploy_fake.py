@@ -90,7 +90,7 @@ def test_an_old_python3_on_one_host_stops_the_run_naming_host_and_version(tmp_pa
 def test_the_inventory_argument_is_found_among_pyinfras_options(tmp_path):
     inventory = write_inventory(tmp_path / "fleet.py", [host(1)], allocate=False)
     # In a process of its own: pyinfra's CLI, which parses the arguments, patches the interpreter.
-    probe = "import sys; from deploys import tasks; sys.argv = sys.argv[1:]; print(tasks.inventory_path())"
+    probe = "import sys; from flannelette.deploy import tasks; sys.argv = sys.argv[1:]; print(tasks.inventory_path())"
     for argv, found in (
         (["pyinfra", "-y", "--limit", "node1", "-vv", inventory, "deploys/overlay.py", "--dry"], inventory),
         (["pytest", "-q"], "None"),

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from deploys import render
-from flannelette.config import Lease, load_leases, parse_net_conf
+from flannelette.deploy import render
+from flannelette.model.config import Lease, load_leases, parse_net_conf
 
 GOLDEN = Path(__file__).parent / "golden" / "deploy"
 NET_CONF = parse_net_conf({"Network": "10.244.0.0/16", "Backend": {"Type": "udp", "Port": 8285}})

@@ -5,8 +5,8 @@ import json
 import pytest
 from pyinfra.api import Inventory
 
-from flannelette import inventory
-from flannelette.config import ConfigError
+from flannelette.controller import inventory
+from flannelette.model.config import ConfigError
 
 NET_CONF = {"Network": "10.244.0.0/16", "Backend": {"Type": "udp"}}
 

@@ -2,7 +2,7 @@
 
 from pyroute2.netlink.exceptions import NetlinkError as KernelRefusal
 
-from flannelette import netlink
+from flannelette.host.kernel import netlink
 
 
 class Link:

@@ -5,8 +5,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 from hypothesis import given, strategies as st
 
-from flannelette import packet
-from flannelette.config import Lease
+from flannelette.host.datapath import packet
+from flannelette.model.config import Lease
 from ipv4_packets import ipv4
 
 # A textbook IPv4 header (UDP, TTL 64, checksum 0xb861) and a payload of 95 bytes.

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flannelette import config
-from flannelette.config import ConfigError, Lease
-from flannelette.plan import HostSpec, make_plan
+from flannelette.model import config
+from flannelette.model.config import ConfigError, Lease
+from flannelette.model.plan import HostSpec, make_plan
 
 NET = config.parse_net_conf({"Network": "10.244.0.0/16"})
 

@@ -2,7 +2,7 @@
 
 from ipaddress import IPv4Network
 
-from flannelette import rules
+from flannelette.host import rules
 
 NET, SUB = IPv4Network("10.244.0.0/16"), IPv4Network("10.244.1.0/24")
 

@@ -7,8 +7,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from flannelette import daemon, healthz, metrics, notify, status
-from flannelette.config import Lease
+from flannelette.host import daemon, healthz, metrics, notify, status
+from flannelette.model.config import Lease
 
 LEASES = [
     Lease("node1", IPv4Network("10.244.1.0/24"), IPv4Address("192.168.56.11")),

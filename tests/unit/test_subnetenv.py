@@ -3,7 +3,7 @@
 import os
 from ipaddress import IPv4Network
 
-from flannelette import subnetenv
+from flannelette.host import subnetenv
 
 FLANNELD = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n"
 

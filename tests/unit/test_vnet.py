@@ -5,7 +5,7 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from flannelette import packet, vnet
+from flannelette.host.datapath import packet, vnet
 from ipv4_packets import ipv4, tcp
 
 MTU = 1472

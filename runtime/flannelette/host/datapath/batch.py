@@ -16,9 +16,9 @@ import struct
 from functools import lru_cache
 from itertools import groupby
 
-from flannelette.coalesce import TCP_ACK, TCP_PSH
-from flannelette.vnet import IPPROTO_TCP
-from flannelette.packet import CHECKSUM, IPV4_HEADER_LEN, check_after_ttl
+from flannelette.host.datapath.coalesce import TCP_ACK, TCP_PSH
+from flannelette.host.datapath.vnet import IPPROTO_TCP
+from flannelette.host.datapath.packet import CHECKSUM, IPV4_HEADER_LEN, check_after_ttl
 
 # What one packet of a run gives, in words that must match across a run that
 # joins: version, TOS and length; fragment field, TTL and protocol; then the
@@ -31,7 +31,7 @@ PACKET_FIELDS = "I2xIHIIIIIH6x"  # 40 bytes
 MIN_SIZE = 40
 SEQ_SPACE = 1 << 32
 NOT_FRAGMENTED = (0, 0x4000)  # flags and offset of a whole packet, DF clear or set
-JOINING_FLAGS = (TCP_ACK, TCP_ACK | TCP_PSH)  # as in flannelette.coalesce: nothing else joins
+JOINING_FLAGS = (TCP_ACK, TCP_ACK | TCP_PSH)  # as in flannelette.host.datapath.coalesce: nothing else joins
 SAME_IN_A_JOIN = (HEAD, MIDDLE, SRC, DST, PORTS, ACK, OPTIONS)
 TTL_DOWN = bytes([0]) + bytes(range(255))  # a bytes.translate table: every TTL one lower (0 stays 0)
 
@@ -97,7 +97,7 @@ def _joining_words(off_flags: int):
 def joining_payload(fields, count: int, size: int) -> int:
     """The payload of each segment when the run is consecutive full segments of one TCP flow; else 0.
 
-    The same rules as flannelette.coalesce: one flow (addresses, ports, ACK
+    The same rules as flannelette.host.datapath.coalesce: one flow (addresses, ports, ACK
     number, TOS, options), sequence numbers without a gap, flags ACK or
     ACK+PSH only, no fragments.
     """
@@ -143,7 +143,7 @@ def joins(fields, count: int, size: int):
 
 
 def may_join(fields, count: int, size: int) -> bool:
-    """Whether any packet of a valid run might join another (TCP with a payload): if so, flannelette.coalesce decides."""
+    """Whether any packet of a valid run might join another (TCP with a payload): if so, flannelette.host.datapath.coalesce decides."""
     if fields[MIDDLE] & 0xFF != IPPROTO_TCP:  # the same protocol throughout: valid_run saw to it
         return False
     return size > 20 + (min(fields[OFF_FLAGS::WIDTH]) >> 12) * 4

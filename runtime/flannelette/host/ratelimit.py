@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Dict
 
-log = logging.getLogger("flannelette.datapath")
+log = logging.getLogger("flannelette.host.datapath.loop")
 
 # At most this many warnings per reason per interval, then one line counting the rest.
 WARN_BURST, WARN_INTERVAL = 5, 60.0

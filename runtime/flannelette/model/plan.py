@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Iterable, Optional
 
-from flannelette.config import WIRE_FLANNELETTE, ConfigError, Lease, NetConf, Problem, lease_conflicts
+from flannelette.model.config import WIRE_FLANNELETTE, ConfigError, Lease, NetConf, Problem, lease_conflicts
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Optional
 
-from flannelette import config
-from flannelette.config import WIRE_FLANNELETTE, ConfigError, Lease, NetConf, Problem
-from flannelette.problems import schema_problems
-from flannelette.plan import HostSpec, Plan, make_plan
+from flannelette.model import config
+from flannelette.model.config import WIRE_FLANNELETTE, ConfigError, Lease, NetConf, Problem
+from flannelette.model.problems import schema_problems
+from flannelette.model.plan import HostSpec, Plan, make_plan
 
 NET_CONF_KEY = "flannel_net_conf"
 

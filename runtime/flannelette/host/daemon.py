@@ -15,11 +15,13 @@ import time
 from ipaddress import IPv4Address, IPv4Interface
 from typing import Callable, List, Optional, Tuple
 
-from flannelette import config, healthz, metrics, netlink, notify, subnetenv, tun, udp
-from flannelette.config import ConfigError
-from flannelette.datapath import DataPath
-from flannelette.packet import LeaseTable
-from flannelette.rules import Rules, RulesError
+from flannelette.host import healthz, metrics, notify, subnetenv
+from flannelette.host.datapath.loop import DataPath
+from flannelette.host.datapath.packet import LeaseTable
+from flannelette.host.kernel import netlink, tun, udp
+from flannelette.host.rules import Rules, RulesError
+from flannelette.model import config
+from flannelette.model.config import ConfigError
 
 log = logging.getLogger("flannelette")
 

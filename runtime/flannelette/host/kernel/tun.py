@@ -29,7 +29,7 @@ def open_tun(name: str, vnet_hdr: bool = True, multi_queue: bool = False) -> int
     """A non-blocking fd attached to TUN device `name`, creating the device if missing.
 
     With `vnet_hdr`, every read and write on the fd starts with a struct
-    virtio_net_hdr (all zero for a plain packet): see flannelette.coalesce.
+    virtio_net_hdr (all zero for a plain packet): see flannelette.host.datapath.coalesce.
     With `multi_queue`, each call attaches one more queue to the device, and
     the kernel hands each flow's packets to one queue by its hash.
 

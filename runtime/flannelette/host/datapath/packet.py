@@ -9,7 +9,7 @@ import struct
 from ipaddress import IPv4Address, IPv4Network
 from typing import Dict, Iterable, Optional, Tuple
 
-from flannelette.config import WIRE_FLANNEL
+from flannelette.model.config import WIRE_FLANNEL
 
 IPV4_HEADER_LEN = 20
 IPPROTO_ICMP = 1
@@ -145,7 +145,7 @@ class LeaseTable:
     All subnets of a network share SubnetLen, so an address shifted right by
     32 - SubnetLen is its subnet's key, however many leases there are.
 
-    `fast` says this host sends the fast format (flannelette.vnet): only when
+    `fast` says this host sends the fast format (flannelette.host.datapath.vnet): only when
     no peer is a flanneld host and the network does not force flannel's format.
     It is one switch for the table, not one per peer, because it decides
     whether flannel0 hands over TCP super-packets at all; without them the

@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 from typing import Optional
 
-from flannelette.packet import IPV4_HEADER_LEN, MALFORMED, OVERSIZED, SHORT
+from flannelette.host.datapath.packet import IPV4_HEADER_LEN, MALFORMED, OVERSIZED, SHORT
 
 # struct virtio_net_hdr, little-endian as the TUN devices of x86 and arm64 hosts give it.
 VNET_HDR = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset

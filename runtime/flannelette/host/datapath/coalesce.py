@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import struct
 
-from flannelette.packet import checksum
-from flannelette.vnet import F_NEEDS_CSUM, GSO_TCPV4, IPPROTO_TCP, PLAIN, VNET_HDR, VNET_HDR_LEN
+from flannelette.host.datapath.packet import checksum
+from flannelette.host.datapath.vnet import F_NEEDS_CSUM, GSO_TCPV4, IPPROTO_TCP, PLAIN, VNET_HDR, VNET_HDR_LEN
 
 TCP_ACK, TCP_PSH = 0x10, 0x08
 TCP_CHECK_OFFSET = 16

@@ -12,7 +12,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Iterable, Optional
 
 from flannelette import schemas
-from flannelette.problems import ConfigError, Problem, canonical_keys, kind, schema_problems
+from flannelette.model.problems import ConfigError, Problem, canonical_keys, kind, schema_problems
 
 DEFAULT_PORT = 8285
 # Each host subnet needs room for the network address (flannel0), the gateway

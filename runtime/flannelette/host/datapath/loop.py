@@ -1,7 +1,7 @@
 """The packet loop: flannel0 to UDP and UDP to flannel0.
 
 Between flannelette hosts each datagram carries what flannel0 hands over, a
-TCP super-packet of up to 64 KB included (flannelette.vnet); to a flanneld
+TCP super-packet of up to 64 KB included (flannelette.host.datapath.vnet); to a flanneld
 host, one inner IPv4 packet per datagram. Both formats are accepted from any
 peer.
 
@@ -20,12 +20,12 @@ import threading
 from ipaddress import IPv4Address
 from typing import Dict, List, Optional
 
-from flannelette import packet, vnet
-from flannelette.inbound import Inbound
-from flannelette.outbound import NOT_IPV4, Outbound
-from flannelette.packet import LeaseTable
-from flannelette.ratelimit import RateLimitedLog
-from flannelette.udp import SOL_UDP, UDP_GRO
+from flannelette.host.datapath import packet, vnet
+from flannelette.host.datapath.inbound import Inbound
+from flannelette.host.datapath.outbound import NOT_IPV4, Outbound
+from flannelette.host.datapath.packet import LeaseTable
+from flannelette.host.ratelimit import RateLimitedLog
+from flannelette.host.kernel.udp import SOL_UDP, UDP_GRO
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ DROP_REASONS = packet.DROP_REASONS + (NOT_IPV4,) + vnet.DROP_REASONS
 
 
 class DataPath(Outbound, Inbound):
-    """Two loops, one per direction (flannelette.outbound, .inbound), taking turns in one thread.
+    """Two loops, one per direction (flannelette.host.datapath.outbound, .inbound), taking turns in one thread.
 
     Both queues empty park the thread in poll().
 

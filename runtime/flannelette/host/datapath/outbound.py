@@ -1,6 +1,6 @@
 """flannel0 to UDP: frames read from the TUN device in runs, checked, TTL-decremented and sent.
 
-One half of flannelette.datapath.DataPath, which holds the state both halves
+One half of flannelette.host.datapath.loop.DataPath, which holds the state both halves
 share (lease table, socket, counters).
 """
 
@@ -12,12 +12,12 @@ import logging
 import socket
 from typing import Iterator
 
-from flannelette import batch, packet, vnet
-from flannelette.packet import DESTINATION
-from flannelette.udp import BUFFER_SIZE, BURST, SEGMENT, SOL_UDP, UDP_SEGMENT
-from flannelette.vnet import PLAIN, VNET_HDR_LEN
+from flannelette.host.datapath import batch, packet, vnet
+from flannelette.host.datapath.packet import DESTINATION
+from flannelette.host.kernel.udp import BUFFER_SIZE, BURST, SEGMENT, SOL_UDP, UDP_SEGMENT
+from flannelette.host.datapath.vnet import PLAIN, VNET_HDR_LEN
 
-log = logging.getLogger("flannelette.datapath")
+log = logging.getLogger("flannelette.host.datapath.loop")
 
 BATCH_BYTES = 60000  # under the 64 KiB a UDP send can carry, however the packets divide it
 MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS before Linux 6.2

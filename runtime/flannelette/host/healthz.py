@@ -7,7 +7,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Tuple
 
-from flannelette import metrics
+from flannelette.host import metrics
 
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 8286

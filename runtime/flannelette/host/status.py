@@ -9,7 +9,7 @@ import urllib.request
 from collections import defaultdict
 from typing import Dict, List, Tuple
 
-from flannelette import healthz, metrics
+from flannelette.host import healthz, metrics
 
 EXIT_OK, EXIT_DOWN, EXIT_NOT_READY = 0, 1, 3
 TIMEOUT = 5.0

@@ -2,7 +2,7 @@
 network namespace per host attached by the CNI bridge plugin, and a matrix of
 who reaches whom.
 
-    python -m deploys.demo [--hosts N]
+    python -m lab.demo [--hosts N]
 
 A second run reuses the running lab, deploys again (no changes) and reuses
 the namespaces. `python -m lab down` removes the lab and everything in it.
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CNICHAIN = Path(__file__).resolve().parent / "cnichain.py"
+CNICHAIN = ROOT / "deploys" / "cnichain.py"
 NETNS = "demo"
 
 
@@ -112,7 +112,7 @@ def render_matrix(addresses: dict, reached: dict, netns: str = NETNS) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deploys.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lab.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--hosts", type=int, default=3, help="lab hosts (default 3)")
     parser.add_argument("--name", default="lab", help="lab name (default lab: inventory/lab.py)")
     parser.add_argument("--network", default="192.168.56.0/24", help="the lab's underlay (default 192.168.56.0/24)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Iterable, List, Tuple
 
-from flannelette import config
+from flannelette.model import config
 
 PREFIX = "flannelette"
 

@@ -1,6 +1,6 @@
 """UDP to flannel0: datagrams checked, one by one or a UDP_GRO run at once, and written into the TUN device.
 
-One half of flannelette.datapath.DataPath, which holds the state both halves
+One half of flannelette.host.datapath.loop.DataPath, which holds the state both halves
 share (lease table, socket, counters).
 """
 
@@ -10,13 +10,13 @@ import logging
 import os
 from typing import Iterator
 
-from flannelette import batch, packet, vnet
-from flannelette.coalesce import HEADERS, Coalescer, finish_gso
-from flannelette.packet import CHECKSUM, IPV4_FIELDS
-from flannelette.udp import ANCILLARY_SPACE, BUFFER_SIZE, BURST, MSG_DONTWAIT, segment_size
-from flannelette.vnet import PLAIN, VNET_HDR_LEN
+from flannelette.host.datapath import batch, packet, vnet
+from flannelette.host.datapath.coalesce import HEADERS, Coalescer, finish_gso
+from flannelette.host.datapath.packet import CHECKSUM, IPV4_FIELDS
+from flannelette.host.kernel.udp import ANCILLARY_SPACE, BUFFER_SIZE, BURST, MSG_DONTWAIT, segment_size
+from flannelette.host.datapath.vnet import PLAIN, VNET_HDR_LEN
 
-log = logging.getLogger("flannelette.datapath")
+log = logging.getLogger("flannelette.host.datapath.loop")
 
 
 class Inbound:
@@ -25,10 +25,10 @@ class Inbound:
     def _udp_to_tun(self) -> Iterator[bool]:
         # With UDP_GRO the kernel may hand over several datagrams of one sender
         # in one read, all of the size it reports, the last maybe shorter. A
-        # run that passes the checks all at once (flannelette.batch) is written
+        # run that passes the checks all at once (flannelette.host.datapath.batch) is written
         # as one joined TCP packet, or packet by packet; anything else is
         # checked datagram by datagram (_deliver), and consecutive TCP segments
-        # are still joined (flannelette.coalesce).
+        # are still joined (flannelette.host.datapath.coalesce).
         buf = bytearray(BUFFER_SIZE + VNET_HDR_LEN)  # a run of frames is unpacked from its first packet on
         view = memoryview(buf)
         recvmsg_into, bufs = self.recv_sock.recvmsg_into, [buf]
