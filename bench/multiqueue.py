@@ -27,9 +27,9 @@ from typing import Dict, List
 
 from bench.run import OVERLAY, UNDERLAY, UNDERLAY_MTU, VXLAN, Hosts, setup_vxlan, tcp, teardown_vxlan, wait_for_files
 from flannelette.host.kernel import netlink, tun, udp
-from flannelette.host.datapath import packet
 from flannelette.model.config import Lease
-from flannelette.host.datapath.loop import DataPath
+from flannelette.host.datapath.leases import LeaseTable
+from flannelette.host.datapath.loop import TAKES_ALL, DataPath
 
 NETWORK = IPv4Network("10.244.0.0/16")
 SUBNETS = (IPv4Network("10.244.1.0/24"), IPv4Network("10.244.2.0/24"))
@@ -68,8 +68,13 @@ def set_up_links(index: int, fd: int, fast: bool) -> None:
 def serve_queue(index: int, fd: int, recv: socket.socket, send, fast: bool) -> None:
     """One queue's data path, until SIGTERM."""
     leases = [Lease(f"bench{i}", subnet, IPv4Address(UNDERLAY[i])) for i, subnet in enumerate(SUBNETS)]
-    table = packet.LeaseTable(leases[index], leases, SUBNETS[0].prefixlen, PORT, force_flannel=not fast)
-    path = DataPath(fd, recv, table, MTU, SUBNETS[index].network_address, time.monotonic, send_sock=send)
+    table = LeaseTable(leases[index], leases, SUBNETS[0].prefixlen, PORT, force_flannel=not fast)
+    path = DataPath(fd, recv, table, MTU, SUBNETS[index].network_address, time.monotonic, send_sock=send,
+                    set_offload=lambda on: tun.set_offload(fd, on))
+    # Each queue is a process with an exchange of its own, and an answer would reach whichever queue the
+    # peer's kernel picks: the bench runs both ends, so it tells each queue what the other end takes.
+    for peer in table.peers():
+        path.exchanges.assume(peer, TAKES_ALL)
     path.start()
     signal.sigwait({signal.SIGTERM, signal.SIGINT})
     path.stop()

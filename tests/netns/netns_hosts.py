@@ -19,9 +19,12 @@ from ipaddress import IPv4Network
 import pytest
 
 from flannelette.host import metrics
+from lab import wire
 
 CLONE_NEWNET = 0x40000000
 UNDERLAY = IPv4Network("192.168.60.0/24")
+FAR_UNDERLAY = IPv4Network("192.168.61.0/24")  # beyond a router, for a path with a smaller MTU
+UPLINK = ("10.255.255.1", "10.255.255.2")
 NETWORK = IPv4Network("10.244.0.0/16")
 HEALTHZ = "127.0.0.1:8286"
 OUTSIDER_IP = "192.168.60.99"
@@ -52,6 +55,24 @@ def sh(*argv, check=True, timeout=60, **kwargs):
 def flannelette_command():
     script = shutil.which("flannelette") or os.path.join(os.path.dirname(sys.executable), "flannelette")
     return [script]
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The last release before the fast format became segments: it sends frames, and never answers a hello.
+PREVIOUS_RELEASE = "a0272de"
+
+
+def previous_release(workdir, commit=PREVIOUS_RELEASE):
+    """The command that runs the runtime as of `commit`, built from this repository's history; None without it."""
+    if sh("git", "-C", ROOT, "cat-file", "-e", f"{commit}^{{commit}}", check=False).returncode != 0:
+        return None
+    tree = os.path.join(workdir, f"release-{commit}")
+    os.makedirs(tree, exist_ok=True)
+    archive = subprocess.run(["git", "-C", ROOT, "archive", commit, "runtime", "schemas"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", tree], input=archive.stdout, check=True)
+    shutil.copytree(os.path.join(tree, "schemas"), os.path.join(tree, "runtime", "flannelette", "schemas"))
+    # Its package first on the path: the installed dependencies serve both builds.
+    return ["env", f"PYTHONPATH={os.path.join(tree, 'runtime')}", sys.executable, "-m", "flannelette"]
 
 
 def eventually(condition, timeout=20.0, interval=0.1):
@@ -118,11 +139,11 @@ class Notifications:
 
 
 class Host:
-    def __init__(self, cluster, index):
-        self.cluster, self.index = cluster, index
+    def __init__(self, cluster, index, far=False):
+        self.cluster, self.index, self.far = cluster, index, far
         self.name = f"node{index}"
         self.ns = f"{cluster.prefix}h{index}"
-        self.public_ip = str(UNDERLAY.network_address + 10 + index)
+        self.public_ip = str((FAR_UNDERLAY if far else UNDERLAY).network_address + 10 + index)
         self.subnet = IPv4Network(f"10.244.{index}.0/24")
         self.gateway = str(self.subnet.network_address + 1)
         self.subnet_file = os.path.join(cluster.workdir, f"{self.name}.env")
@@ -141,12 +162,13 @@ class Host:
     def run(self, *argv, check=True, timeout=60):
         return sh("ip", "netns", "exec", self.ns, *argv, check=check, timeout=timeout)
 
-    def start(self, *extra, wait=True, ip_masq=True):
+    def start(self, *extra, wait=True, ip_masq=True, release=None):
+        """Run the runtime here; `release`: the command of another build (previous_release) instead of this one."""
         if self.notes:
             self.notes.close()
         socket_path = os.path.join(self.cluster.workdir, f"{self.name}-{time.monotonic_ns()}.notify")
         self.notes = Notifications(socket_path)
-        argv = ["ip", "netns", "exec", self.ns] + flannelette_command() + [
+        argv = ["ip", "netns", "exec", self.ns] + (release or flannelette_command()) + [
             "run", "--net-conf", self.cluster.net_conf, "--leases", self.cluster.leases,
             "--public-ip", self.public_ip, "--subnet-file", self.subnet_file, "--healthz", HEALTHZ,
         ] + (["--ip-masq"] if ip_masq else []) + list(extra)
@@ -232,42 +254,99 @@ class Host:
 
 
 class Cluster:
-    """An underlay switch namespace with a bridge, and hosts plugged into it."""
+    """An underlay switch namespace with a bridge, and hosts plugged into it.
 
-    def __init__(self, prefix, workdir):
+    `underlay` is "wire" (lab.wire: every datagram cut in software before it
+    crosses, as on a real network) or "veth" (GSO buffers cross whole); `gro`
+    whether each host's eth0 joins datagrams again on receipt.
+    """
+
+    def __init__(self, prefix, workdir, underlay="wire", gro=False):
         self.prefix, self.workdir = prefix, workdir
+        self.underlay, self.gro = underlay, gro
         self.switch = f"{prefix}sw"
+        self.far_switch = f"{prefix}sx"
         self.namespaces, self.pids, self.hosts = [], [], []
         self.net_conf = os.path.join(workdir, "net-conf.json")
         self.leases = os.path.join(workdir, "leases.json")
+        self.path_mtu = None
 
-    def build(self, count, net_conf=None):
+    def build(self, count, net_conf=None, path_mtu=None):
+        """`count` hosts; with `path_mtu`, the last one beyond a router whose link to it has that MTU."""
         self._add_ns(self.switch)
         sh("ip", "netns", "exec", self.switch, "ip", "link", "add", "br0", "type", "bridge")
         sh("ip", "netns", "exec", self.switch, "ip", "link", "set", "br0", "up")
+        if path_mtu:
+            self._add_router(path_mtu)
         with open(self.net_conf, "w") as f:
             json.dump(net_conf or {"Network": str(NETWORK), "Backend": {"Type": "udp"}}, f)
-        for _ in range(count):
-            self.add_host()
+        for i in range(count):
+            self.add_host(far=bool(path_mtu) and i == count - 1)
         self.write_leases(self.hosts)
         return self.hosts
+
+    def _add_router(self, mtu):
+        """A second switch beyond a routed link of `mtu` bytes: datagrams that cross it are fragmented."""
+        self.path_mtu = mtu
+        self._add_ns(self.far_switch)
+        sh("ip", "netns", "exec", self.far_switch, "ip", "link", "add", "br0", "type", "bridge")
+        for ns, net in ((self.switch, UNDERLAY), (self.far_switch, FAR_UNDERLAY)):
+            sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{net.network_address + 1}/24", "dev", "br0")
+            sh("ip", "netns", "exec", ns, "ip", "link", "set", "br0", "up")
+            sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        sh("ip", "link", "add", "uplink", "netns", self.switch, "mtu", str(mtu), "type", "veth",
+           "peer", "name", "uplink", "netns", self.far_switch, "mtu", str(mtu))
+        for ns, address, other, far in ((self.switch, UPLINK[0], UPLINK[1], FAR_UNDERLAY),
+                                         (self.far_switch, UPLINK[1], UPLINK[0], UNDERLAY)):
+            sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{address}/30", "dev", "uplink")
+            sh("ip", "netns", "exec", ns, "ip", "link", "set", "uplink", "up")
+            sh("ip", "netns", "exec", ns, "ip", "route", "add", str(far), "via", other)
+            self._as_wire(ns, "uplink", receiving=False)
+
+    def _as_wire(self, ns, device, receiving):
+        commands = wire.cut_in_software(device) if self.underlay == "wire" else []
+        if receiving:
+            commands += wire.receive_gro(device, self.gro)
+        for argv in commands:
+            sh("ip", "netns", "exec", ns, *argv)
+
+    def set_gro(self, on):
+        """Receive GRO on or off at every host's eth0."""
+        self.gro = on
+        for host in self.hosts:
+            for argv in wire.receive_gro("eth0", on):
+                sh("ip", "netns", "exec", host.ns, *argv)
+
+    def set_loss(self, probability):
+        """Drop this share of the underlay's UDP datagrams, each on its own, in the switches (0: none)."""
+        for ns in [self.switch] + ([self.far_switch] if self.path_mtu else []):
+            sh("ip", "netns", "exec", ns, *wire.no_loss()[0], check=False)
+            if probability:
+                for argv in wire.loss(probability):
+                    sh("ip", "netns", "exec", ns, *argv)
 
     def _add_ns(self, name):
         sh("ip", "netns", "add", name)
         self.namespaces.append(name)
         sh("ip", "netns", "exec", name, "ip", "link", "set", "lo", "up")
 
-    def plug(self, ns, address):
+    def plug(self, ns, address, far=False):
+        switch = self.far_switch if far else self.switch
         port = f"{ns}u"[-15:]
-        sh("ip", "link", "add", port, "netns", self.switch, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        sh("ip", "netns", "exec", self.switch, "ip", "link", "set", port, "master", "br0", "up")
+        sh("ip", "link", "add", port, "netns", switch, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        sh("ip", "netns", "exec", switch, "ip", "link", "set", port, "master", "br0", "up")
         sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{address}/24", "dev", "eth0")
         sh("ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up")
+        self._as_wire(switch, port, receiving=False)
+        self._as_wire(ns, "eth0", receiving=True)
+        if self.path_mtu:
+            near, other = (FAR_UNDERLAY, UNDERLAY) if far else (UNDERLAY, FAR_UNDERLAY)
+            sh("ip", "netns", "exec", ns, "ip", "route", "add", str(other), "via", str(near.network_address + 1))
 
-    def add_host(self):
-        host = Host(self, len(self.hosts) + 1)
+    def add_host(self, far=False):
+        host = Host(self, len(self.hosts) + 1, far=far)
         self._add_ns(host.ns)
-        self.plug(host.ns, host.public_ip)
+        self.plug(host.ns, host.public_ip, far=far)
         self.hosts.append(host)
         return host
 
@@ -317,9 +396,21 @@ _counter = [0]
 
 
 @pytest.fixture
-def cluster(tmp_path):
+def underlay(request):
+    """The underlay of a test's cluster: "wire" unless a module asks for both (DATA_PATH = True)."""
+    return getattr(request, "param", "wire")
+
+
+def pytest_generate_tests(metafunc):
+    # The data-path tests run on both underlays: as a real network behaves, and as veth does.
+    if getattr(metafunc.module, "DATA_PATH", False) and "cluster" in metafunc.fixturenames:
+        metafunc.parametrize("underlay", wire.MODES, indirect=True)
+
+
+@pytest.fixture
+def cluster(tmp_path, underlay):
     _counter[0] += 1
-    made = Cluster(f"ft{os.getpid() % 1000}{_counter[0]}", str(tmp_path))
+    made = Cluster(f"ft{os.getpid() % 1000}{_counter[0]}", str(tmp_path), underlay=underlay)
     try:
         yield made
     finally:

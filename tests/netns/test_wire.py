@@ -1,11 +1,15 @@
 """To a flanneld host, flannelette speaks flannel: one inner IPv4 packet per UDP datagram, nothing added."""
 
+import json
+import os
 import socket
 import struct
+import sys
+import time
 
 import pytest
 
-from netns_hosts import in_namespace
+from netns_hosts import eventually, in_namespace
 from test_hostile import LISTEN_PORT, ipv4_udp, received, udp_socket
 
 pytestmark = pytest.mark.netns
@@ -59,3 +63,42 @@ def test_a_plain_flannel_peers_datagrams_arrive(cluster):
     finally:
         listener.close()
         flanneld.close()
+
+
+STANDIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "flanneld_standin.py")
+
+
+def tcp_connects(host, source, target, port):
+    code = ("import socket, sys\n"
+            f"s = socket.socket(); s.settimeout(1); s.bind(({source!r}, 0))\n"
+            f"sys.exit(s.connect_ex(({target!r}, {port})))\n")
+    return host.run(sys.executable, "-c", code, check=False).returncode == 0
+
+
+def test_an_unmarked_flanneld_host_gets_tcp_both_ways_at_once_and_hardly_a_stray_datagram(cluster):
+    a, b = cluster.build(2)  # b's lease does not say it runs flanneld
+    counts = os.path.join(cluster.workdir, "standin.json")
+    standin = cluster.spawn(b.ns, sys.executable, STANDIN, "--leases", cluster.leases, "--public-ip", b.public_ip,
+                  "--counts", counts)
+    assert eventually(lambda: os.path.exists(counts), timeout=10)
+    servers = [cluster.spawn(b.ns, "iperf3", "-s", "-B", b.gateway, "-p", "5302")]
+    started = time.monotonic()
+    a.start()
+    servers.append(cluster.spawn(a.ns, "iperf3", "-s", "-B", a.gateway, "-p", "5301"))  # on a's cni0, there now
+    both = eventually(lambda: tcp_connects(a, a.gateway, b.gateway, 5302) and tcp_connects(b, b.gateway, a.gateway, 5301),
+                      timeout=5.0, interval=0.2)
+    took = time.monotonic() - started
+    assert both, f"no TCP both ways within 5 s of the start\n{a.log()}"
+    for client, source, target, port in ((a, a.gateway, b.gateway, "5302"), (b, b.gateway, a.gateway, "5301")):
+        out = client.run("iperf3", "-c", target, "-B", source, "-p", port, "-t", "2", "-J", timeout=40).stdout
+        assert json.loads(out)["end"]["sum_received"]["bytes"] > 1_000_000
+    time.sleep(4)  # past the exchange's last hello
+    for server in servers:
+        server.terminate()
+    standin.terminate()
+    standin.wait(10)
+    with open(counts) as f:
+        seen = json.load(f)
+    assert seen["not_ipv4"] <= 5, seen
+    assert seen["datagrams"] > 1000 and took < 5.0
+    assert ("flannelette_peer_info", "silent") in {(k[0], dict(k[1]).get("exchange")) for k in a.metrics()}

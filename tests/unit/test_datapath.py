@@ -7,10 +7,11 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from flannelette.host.datapath import packet
+from flannelette.host.datapath import exchange, formats, packet
+from flannelette.host.datapath.leases import LeaseTable
+from flannelette.host.datapath.loop import TAKES_ALL, DataPath
 from flannelette.host.datapath.vnet import VNET_HDR_LEN
 from flannelette.model.config import Lease
-from flannelette.host.datapath.loop import DataPath
 from flannelette.host.ratelimit import RateLimitedLog
 from ipv4_packets import ipv4
 
@@ -24,6 +25,8 @@ class Rig:
     """A running DataPath whose TUN is `self.tun` and whose peers are loopback sockets."""
 
     def __init__(self, leases, fast=False, send_sock=None):
+        # fast: the network may use the fast format (the peer must still answer a hello for it); else
+        # Backend.Wire flannel.
         self.tun, tun_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.tun.settimeout(2)
         tun_end.setblocking(False)
@@ -35,12 +38,22 @@ class Rig:
         self.peer.settimeout(2)
         self.stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.stranger.bind(("127.0.0.9", 0))
-        table = packet.LeaseTable(OWN, leases, 24, port, force_flannel=not fast)
+        table = LeaseTable(OWN, leases, 24, port, force_flannel=not fast)
+        self.offloads = []
         self.path = DataPath(tun_end.fileno(), self.sock, table, MTU, IPv4Address("10.244.1.0"), time.monotonic,
-                             send_sock=send_sock)
+                             send_sock=send_sock, set_offload=self.offloads.append, release="test")
         self._keep = tun_end
         self.port = port
         self.path.start()
+
+    def answer_hello(self):
+        """Play a flannelette peer: answer the runtime's hello, then wait for it to send the peer segments."""
+        data = self.peer.recv(2048)
+        message = exchange.decode(data, len(data))
+        assert message is not None and message.kind == formats.HELLO, data
+        self.peer.sendto(exchange.encode(formats.ANSWER, TAKES_ALL, message.nonce, "peer"), ("127.0.0.1", self.port))
+        assert eventually(lambda: self.path.table.peer_at("127.0.0.2").format == formats.SEGMENTS)
+        return message
 
     def tun_send(self, data, header=bytes(VNET_HDR_LEN)):
         """What the kernel would put on the TUN fd: a virtio-net header (plain by default), then the packet."""
@@ -83,13 +96,6 @@ def eventually(condition, timeout=3.0):
 @pytest.fixture
 def rig():
     r = Rig([OWN, PEER])
-    yield r
-    r.close()
-
-
-@pytest.fixture
-def fast_rig():
-    r = Rig([OWN, PEER], fast=True)
     yield r
     r.close()
 
@@ -165,10 +171,10 @@ def test_update_table_adds_and_removes_peers_and_keeps_counts(rig):
     rig.tun_send(ipv4("10.244.1.5", "10.244.2.7"))
     rig.peer.recv(2048)
     assert eventually(lambda: rig.path.totals()[0] == 1)
-    rig.path.update_table(packet.LeaseTable(OWN, [OWN, PEER, OTHER], 24, rig.port, previous=rig.path.table))
+    rig.path.update_table(LeaseTable(OWN, [OWN, PEER, OTHER], 24, rig.port, previous=rig.path.table, force_flannel=True))
     assert rig.path.table.peer_for(int(IPv4Address("10.244.3.1"))).host == "c"
     assert rig.path.totals()[0] == 1
-    rig.path.update_table(packet.LeaseTable(OWN, [OWN], 24, rig.port, previous=rig.path.table))
+    rig.path.update_table(LeaseTable(OWN, [OWN], 24, rig.port, previous=rig.path.table, force_flannel=True))
     assert rig.path.totals()[0] == 1  # a removed peer's history stays in the totals
 
 

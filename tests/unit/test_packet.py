@@ -6,6 +6,7 @@ from ipaddress import IPv4Address, IPv4Network
 from hypothesis import given, strategies as st
 
 from flannelette.host.datapath import packet
+from flannelette.host.datapath.leases import LeaseTable
 from flannelette.model.config import Lease
 from ipv4_packets import ipv4
 
@@ -102,7 +103,7 @@ def addr(text):
 
 
 def test_table_finds_the_peer_holding_an_address_and_skips_itself():
-    table = packet.LeaseTable(LEASES[0], LEASES, 24, 8285)
+    table = LeaseTable(LEASES[0], LEASES, 24, 8285)
     assert table.peer_for(addr("10.244.2.77")).address == ("192.168.56.12", 8285)
     assert table.peer_for(addr("10.244.3.0")).host == "node3"
     assert table.peer_for(addr("10.244.1.5")) is None
@@ -113,26 +114,28 @@ def test_table_finds_the_peer_holding_an_address_and_skips_itself():
 def test_table_lookup_is_keyed_by_subnet_prefix_for_any_size():
     leases = [Lease(f"h{i}", IPv4Network(f"10.{i >> 8}.{i & 255}.0/24"), IPv4Address(int(IPv4Address("172.16.0.0")) + i))
               for i in range(1, 5000)]
-    table = packet.LeaseTable(leases[0], leases, 24, 8285)
+    table = LeaseTable(leases[0], leases, 24, 8285)
     assert len(table.by_subnet) == 4998
     assert table.peer_for(addr("10.19.135.1")).host == "h4999"  # 4999 = 19 * 256 + 135
 
 
 def test_sender_checks():
-    table = packet.LeaseTable(LEASES[0], LEASES, 24, 8285)
+    table = LeaseTable(LEASES[0], LEASES, 24, 8285)
     good = ipv4("10.244.2.5", "10.244.1.7")
-    assert table.sender_problem("192.168.56.12", good) is None
-    assert table.sender_problem("192.168.56.99", good) == packet.UNKNOWN_PEER
-    assert table.sender_problem("192.168.56.13", good) == packet.SPOOFED_SOURCE
-    assert table.sender_problem("192.168.56.12", ipv4("10.244.2.5", "10.244.3.7")) == packet.NOT_OUR_SUBNET
-    assert table.sender_problem("192.168.56.12", ipv4("10.244.2.5", "8.8.8.8")) == packet.NOT_OUR_SUBNET
+    node2, node3 = table.peer_at("192.168.56.12"), table.peer_at("192.168.56.13")
+    assert table.sender_problem(node2, good) is None
+    assert table.peer_at("192.168.56.99") is None and table.sender_problem(None, good) == packet.UNKNOWN_PEER
+    assert table.sender_problem(node3, good) == packet.SPOOFED_SOURCE
+    assert table.sender_problem(node2, ipv4("10.244.2.5", "10.244.3.7")) == packet.NOT_OUR_SUBNET
+    assert table.sender_problem(node2, ipv4("10.244.2.5", "8.8.8.8")) == packet.NOT_OUR_SUBNET
 
 
 def test_new_table_keeps_counters_of_unchanged_peers():
-    old = packet.LeaseTable(LEASES[0], LEASES, 24, 8285)
-    old.peer_for(addr("10.244.2.1")).counts[0] = 7
+    old = LeaseTable(LEASES[0], LEASES, 24, 8285)
+    old.peer_for(addr("10.244.2.1")).counts.tx_packets = 7
     moved = LEASES[:2] + [Lease("node3", IPv4Network("10.244.3.0/24"), IPv4Address("192.168.56.99"))]
-    new = packet.LeaseTable(LEASES[0], moved, 24, 8285, previous=old)
+    new = LeaseTable(LEASES[0], moved, 24, 8285, previous=old)
     assert new.peer_for(addr("10.244.2.1")) is old.peer_for(addr("10.244.2.1"))
     assert new.peer_for(addr("10.244.3.1")).address == ("192.168.56.99", 8285)
-    assert new.peer_for(addr("10.244.3.1")).counts == [0, 0, 0, 0]
+    assert new.peer_for(addr("10.244.3.1")).counts.as_tuple() == (0, 0, 0, 0)
+    assert new.peer_for(addr("10.244.2.1")).counts.tx_packets == 7

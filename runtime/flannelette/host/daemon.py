@@ -17,7 +17,7 @@ from typing import Callable, List, Optional, Tuple
 
 from flannelette.host import healthz, metrics, notify, subnetenv
 from flannelette.host.datapath.loop import DataPath
-from flannelette.host.datapath.packet import LeaseTable
+from flannelette.host.datapath.leases import LeaseTable
 from flannelette.host.kernel import netlink, tun, udp
 from flannelette.host.rules import Rules, RulesError
 from flannelette.model import config
@@ -31,9 +31,10 @@ BRIDGE_NAME = "cni0"
 # The kernel queues packets for the runtime on flannel0 here; a queue deeper than
 # the default 500 absorbs bursts instead of dropping them into TCP retransmits.
 TUN_QUEUE = 5000
-# The largest TCP super-packet flannel0 hands over: with the 10-byte virtio-net
-# header it must fit one UDP send (65507 bytes), however the kernel then cuts it.
-TUN_GSO_MAX_SIZE = 65000
+# The largest TCP super-packet flannel0 hands over, where the kernel lets it be
+# lowered (Linux 5.19): cut into segments of one datagram each, it then fits one
+# UDP send of 65507 bytes, so it leaves in one sendmsg instead of two.
+TUN_GSO_MAX_SIZE = 62000
 JOURNAL_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
@@ -93,7 +94,6 @@ class Runtime:
         leases = config.load_leases(args.leases, self.net_conf)
         self.own = own_lease(leases, self.public_ip, args.leases)
         self.leases = leases
-        self.fast_capable = True  # cleared when flannel0 can't be kept to super-packets that fit UDP
         self.table = self._table(leases)
         self.ready = False
         self.reloads = {"ok": 0, "failed": 0}
@@ -102,7 +102,7 @@ class Runtime:
         self.undo: List[Tuple[str, Callable[[], None]]] = []
 
     def _table(self, leases, previous=None) -> LeaseTable:
-        force = self.net_conf.wire == config.WIRE_FLANNEL or not self.fast_capable
+        force = self.net_conf.wire == config.WIRE_FLANNEL
         table = LeaseTable(self.own, leases, self.net_conf.subnet_len, self.net_conf.port, previous, force_flannel=force)
         self.leases = leases
         self.lease_hash, self.lease_count = metrics.lease_hash(leases), len(leases)
@@ -182,25 +182,14 @@ class Runtime:
         index = netlink.link_index(ipr, TUN_NAME)
         netlink.tune_tun_sysctls(TUN_NAME)
         if not netlink.limit_gso(ipr, index, TUN_GSO_MAX_SIZE):
-            log.warning("%s: this kernel can't lower gso_max_size to %d; sending flannel's format only",
-                        TUN_NAME, TUN_GSO_MAX_SIZE)
-            self.fast_capable = False
-            self.table = self._table(self.leases)
+            log.info("%s: this kernel can't lower gso_max_size to %d; a super-packet may take two sends",
+                     TUN_NAME, TUN_GSO_MAX_SIZE)
         netlink.ensure_up(ipr, index, self.mtu, TUN_QUEUE)
-        self._set_offload(self.table.fast)
+        tun.set_offload(self.tun_fd, False)  # until a peer takes segments (the data path's exchange)
+        if self.net_conf.wire == config.WIRE_FLANNEL:
+            log.info("flannel's format to every peer (Backend.Wire is flannel)")
         netlink.ensure_addresses(ipr, index, [IPv4Interface((self.own.subnet.network_address, 32))])
         netlink.ensure_route(ipr, self.net_conf.network, index)
-
-    def _set_offload(self, fast: bool) -> None:
-        tun.set_offload(self.tun_fd, fast)
-        log.info("%s format to peers%s", "fast" if fast else "flannel's", "" if fast else self._why_flannel())
-
-    def _why_flannel(self) -> str:
-        if not self.fast_capable:
-            return " (gso_max_size of flannel0 can't be lowered)"
-        if self.net_conf.wire == config.WIRE_FLANNEL:
-            return " (Backend.Wire is flannel)"
-        return " (the lease table holds a flanneld host)"
 
     def _close_tun(self) -> None:
         os.close(self.tun_fd)
@@ -226,7 +215,8 @@ class Runtime:
 
     def _datapath(self) -> None:
         self.datapath = DataPath(
-            self.tun_fd, self.sock, self.table, self.mtu, self.own.subnet.network_address, time.monotonic
+            self.tun_fd, self.sock, self.table, self.mtu, self.own.subnet.network_address, time.monotonic,
+            set_offload=lambda on: tun.set_offload(self.tun_fd, on),
         )
         self.datapath.start()
         self.undo.append(("data path", self.datapath.stop))
@@ -260,13 +250,7 @@ class Runtime:
         old = self.datapath.table
         table = self._table(leases, previous=old)
         before, after = set(old.peers_by_identity()), set(table.peers_by_identity())
-        # Offloads off before the table stops sending the fast format, on after it
-        # starts, so no TCP super-packet is read for a table that can't carry it.
-        if old.fast and not table.fast:
-            self._set_offload(False)
         self.datapath.update_table(table)
-        if table.fast and not old.fast:
-            self._set_offload(True)
         self.reloads["ok"] += 1
         for identity in sorted(after - before, key=str):
             log.info("peer added: %s %s via %s", identity[0], identity[1], identity[2])

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Iterable, List, Tuple
 
+from flannelette.host.datapath import formats
 from flannelette.model import config
 
 PREFIX = "flannelette"
@@ -49,13 +51,17 @@ def render(state) -> str:
                [(labels(direction="tx"), tx_p), (labels(direction="rx"), rx_p)])
     out.metric("bytes_total", "counter", "Inner packet bytes carried, by direction.",
                [(labels(direction="tx"), tx_b), (labels(direction="rx"), rx_b)])
-    out.metric("wire_fast", "gauge", "1 when this host sends the fast format to its peers, 0 for flannel's (docs/wire.md).",
-               [("", int(path.table.fast) if path else 0)])
+    out.metric("wire_fast", "gauge", "1 while some peer takes the fast format (segments) and flannel0 hands over "
+               "TCP super-packets, 0 while every peer is on flannel's (docs/wire.md).",
+               [("", int(path.offload) if path else 0)])
     drops = path.drops.items() if path else ()
     out.metric("drops_total", "counter", "Packets and datagrams dropped, by reason.",
                [(labels(reason=reason), count) for reason, count in drops])
     out.metric("icmp_unreachable_sent_total", "counter", "ICMP net-unreachable replies written to the TUN device.",
                [("", path.icmp_sent if path else 0)])
+    sent = path.exchanges.sent if path else {}
+    out.metric("exchange_sent_total", "counter", "Messages of the capability exchange sent, hellos and answers.",
+               [(labels(message=formats.NAMES_OF_MESSAGES[kind]), count) for kind, count in sorted(sent.items())])
     _peers(out, path)
     out.metric("leases", "gauge", "Leases in the loaded table, this host's included.", [("", state.lease_count)])
     out.metric("leases_info", "gauge", "The loaded lease table's fingerprint; hosts with different hashes run different tables.",
@@ -67,14 +73,24 @@ def render(state) -> str:
 
 def _peers(out: Exposition, path) -> None:
     peers = path.table.peers() if path else []
-    names = ("packets_total", "bytes_total")
-    for index, name in enumerate(names):
+    now_mono, now_wall = time.monotonic(), time.time()
+    named = [(peer, dict(peer=peer.host, subnet=str(peer.subnet), public_ip=str(peer.public_ip))) for peer in peers]
+    for name, tx, rx, what in (("packets_total", "tx_packets", "rx_packets", "packets"),
+                               ("bytes_total", "tx_bytes", "rx_bytes", "bytes")):
         samples = []
-        for peer in peers:
-            base = dict(peer=peer.host, subnet=str(peer.subnet), public_ip=str(peer.public_ip))
-            samples.append((labels(direction="tx", **base), peer.counts[index]))
-            samples.append((labels(direction="rx", **base), peer.counts[index + 2]))
-        out.metric(f"peer_{name}", "counter", f"Inner {name.split('_')[0]} carried per peer, by direction.", samples)
+        for peer, base in named:
+            samples.append((labels(direction="tx", **base), getattr(peer.counts, tx)))
+            samples.append((labels(direction="rx", **base), getattr(peer.counts, rx)))
+        out.metric(f"peer_{name}", "counter", f"Inner {what} carried per peer, by direction.", samples)
+    out.metric("peer_info", "gauge",
+               "Per peer: the format it is sent (flannel, segments), what the capability exchange knows of it "
+               "(flannel, probing, silent, confirmed, previous) and the release it reported.",
+               [(labels(**base, format=formats.NAMES[peer.format], exchange=peer.exchange.state if peer.exchange else "",
+                        release=peer.exchange.release if peer.exchange else ""), 1) for peer, base in named])
+    out.metric("peer_last_heard_timestamp_seconds", "gauge",
+               "Per peer: when the last datagram accepted from it arrived (Unix time; absent: never).",
+               [(labels(peer=peer.host), round(now_wall - (now_mono - peer.heard), 3))
+                for peer, _ in named if peer.heard is not None])
 
 
 def parse(text: str) -> List[Tuple[str, dict, float]]:

@@ -17,7 +17,7 @@ from functools import lru_cache
 from itertools import groupby
 
 from flannelette.host.datapath.coalesce import TCP_ACK, TCP_PSH
-from flannelette.host.datapath.vnet import IPPROTO_TCP
+from flannelette.host.datapath.vnet import IPPROTO_TCP, IPPROTO_UDP
 from flannelette.host.datapath.packet import CHECKSUM, IPV4_HEADER_LEN, check_after_ttl
 
 # What one packet of a run gives, in words that must match across a run that
@@ -49,26 +49,30 @@ def header_len(view, start: int, size: int) -> int:
 
 
 @lru_cache(maxsize=512)
-def run_layout(count: int, size: int, headers: int) -> struct.Struct:
-    """The fields of `count` packets of `size` bytes whose headers take `headers` bytes, back to back."""
-    one = f"{PACKET_FIELDS}{headers - MIN_SIZE}s{size - headers}x"
-    return struct.Struct("!" + one * count)
+def run_layout(count: int, stride: int, headers: int) -> struct.Struct:
+    """The fields of `count` packets `stride` bytes apart whose headers take `headers` bytes.
+
+    The layout ends with the last packet's headers, so it fits a buffer whose
+    last slot is no longer than its packet.
+    """
+    fields = f"{PACKET_FIELDS}{headers - MIN_SIZE}s"
+    return struct.Struct("!" + f"{fields}{stride - headers}x" * (count - 1) + fields)
 
 
 @lru_cache(maxsize=512)
-def _headers_layout(count: int, size: int, length: int) -> struct.Struct:
-    return struct.Struct(f"{length}s{size - length}x" * count)
+def _headers_layout(count: int, stride: int, length: int) -> struct.Struct:
+    return struct.Struct(f"{length}s{stride - length}x" * (count - 1) + f"{length}s")
 
 
-def same_headers(view, count: int, size: int, length: int) -> bool:
-    """Whether the first `length` bytes of each of `count` slots of `size` bytes are the same."""
+def same_headers(view, count: int, size: int, length: int, expected=None) -> bool:
+    """Whether the first `length` bytes of each of `count` slots of `size` bytes are the same (and `expected`)."""
     headers = _headers_layout(count, size, length).unpack_from(view, 0)
-    return headers.count(headers[0]) == count
+    return headers.count(headers[0] if expected is None else expected) == count
 
 
-def unpack_run(view, start: int, count: int, size: int):
-    """The fields of the `count` packets of `size` bytes at `start` (WIDTH values each)."""
-    return run_layout(count, size, header_len(view, start, size)).unpack_from(view, start)
+def unpack_run(view, start: int, count: int, stride: int, size: int = 0):
+    """The fields of the `count` packets of `size` bytes (default: `stride`), `stride` apart from `start` (WIDTH values each)."""
+    return run_layout(count, stride, header_len(view, start, size or stride)).unpack_from(view, start)
 
 
 def valid_run(fields, count: int, size: int, shift: int, source_key: int, own_key: int) -> bool:
@@ -86,6 +90,27 @@ def valid_run(fields, count: int, size: int, shift: int, source_key: int, own_ke
     sources, destinations = fields[SRC::WIDTH], fields[DST::WIDTH]
     return (min(sources) >> shift == source_key == max(sources) >> shift
             and min(destinations) >> shift == own_key == max(destinations) >> shift)
+
+
+def accepts(fields, length: int, mtu: int, shift: int, source_key: int, own_key: int) -> bool:
+    """The common case of the inbound rule for one packet, from its IPV4_FIELDS: no options, exactly `length` bytes
+    within the MTU, TTL above 1, from the sender's subnet to ours. False leaves the verdict to the full rule
+    (packet.header_problem, LeaseTable.sender_problem), which a property test holds this to."""
+    ver_ihl, total, ttl, _, source, destination = fields
+    return (ver_ihl == 0x45 and total == length <= mtu and ttl > 1
+            and source >> shift == source_key and destination >> shift == own_key)
+
+
+def completable(fields, size: int) -> bool:
+    """Whether the checksum of every packet of a valid run can be left to the receiving kernel (segments):
+    TCP with its whole header inside, or UDP, and no fragment."""
+    middle = fields[MIDDLE]
+    if (middle >> 16) & 0x3FFF:
+        return False
+    if middle & 0xFF == IPPROTO_UDP:
+        return True
+    offsets = fields[OFF_FLAGS::WIDTH]
+    return middle & 0xFF == IPPROTO_TCP and min(offsets) >> 12 >= 5 and 20 + (max(offsets) >> 12) * 4 <= size
 
 
 def _joining_words(off_flags: int):
@@ -153,27 +178,30 @@ def any_push(fields) -> bool:
     return fields[OFF_FLAGS::WIDTH].count(_joining_words(fields[OFF_FLAGS])[1]) > 0
 
 
-def decrement_ttls(view, start: int, checks, count: int, size: int) -> None:
-    """Decrement the TTL of `count` packets of `size` bytes from `start` and patch their header checksums (`checks`).
+def decrement_ttls(view, start: int, checks, count: int, stride: int) -> None:
+    """Decrement the TTL of `count` packets `stride` bytes apart from `start` and patch their header checksums (`checks`).
 
     Through strided views of `view` (a memoryview): no Python step per packet.
     """
-    end = start + count * size
-    view[start + 8:end:size] = bytes(view[start + 8:end:size]).translate(TTL_DOWN)
-    high = bytes(view[start + 10:end:size])
+    end = start + count * stride
+    view[start + 8:end:stride] = bytes(view[start + 8:end:stride]).translate(TTL_DOWN)
+    high = bytes(view[start + 10:end:stride])
     # A checksum below 0xFEFF rises by exactly 0x0100 when the TTL drops by
     # one: only its high byte moves. The few others are worked out one by one.
-    view[start + 10:end:size] = high.translate(PLUS_ONE)
+    view[start + 10:end:stride] = high.translate(PLUS_ONE)
     if 0xFF in high or 0xFEFF in checks:
         for i, check in enumerate(checks):
             if check >> 8 == 0xFF or check == 0xFEFF:
-                CHECKSUM.pack_into(view, start + i * size + 10, check_after_ttl(check))
+                CHECKSUM.pack_into(view, start + i * stride + 10, check_after_ttl(check))
 
 
-def payloads(view, start: int, count: int, size: int, headers: int) -> list:
-    """Views of each packet's bytes after its `headers` bytes (measured: a comprehension beats map over slices)."""
-    payload = size - headers
-    return [view[at:at + payload] for at in range(start + headers, start + count * size, size)]
+def payloads(view, start: int, count: int, stride: int, headers: int, size: int = 0) -> list:
+    """Views of the bytes after its `headers` of each of `count` packets of `size` bytes (default: `stride`), `stride` apart.
+
+    (Measured: a comprehension beats map over slices.)
+    """
+    payload = (size or stride) - headers
+    return [view[at:at + payload] for at in range(start + headers, start + count * stride, stride)]
 
 
 def continues(view, start: int, size: int, headers: int, fields, count: int, payload: int) -> bool:
@@ -187,17 +215,18 @@ def continues(view, start: int, size: int, headers: int, fields, count: int, pay
 
 
 # What the send side checks of each packet read from flannel0: version and
-# header length, TTL, header checksum (patched with the TTL) and destination.
-OUT_VER_IHL, OUT_TTL, OUT_CHECK, OUT_DST = range(4)
-OUT_WIDTH = 4
-OUTBOUND_FIELDS = "B7xBxH4xI"  # IPV4_HEADER_LEN bytes
+# header length, TTL, protocol, header checksum (patched with the TTL) and destination.
+OUT_VER_IHL, OUT_TTL, OUT_PROTO, OUT_CHECK, OUT_DST = range(5)
+OUT_WIDTH = 5
+OUTBOUND_FIELDS = "B7xBBH4xI"  # IPV4_HEADER_LEN bytes
 OUTBOUND = struct.Struct("!" + OUTBOUND_FIELDS)
 
 
 @lru_cache(maxsize=512)
 def outbound_layout(count: int, size: int, offset: int) -> struct.Struct:
     """The send side's fields of `count` packets of `size` bytes, each `offset` bytes into its slot."""
-    return struct.Struct("!" + f"{offset}x{OUTBOUND_FIELDS}{size - offset - IPV4_HEADER_LEN}x" * count)
+    return struct.Struct("!" + f"{offset}x{OUTBOUND_FIELDS}{size - offset - IPV4_HEADER_LEN}x" * (count - 1)
+                         + f"{offset}x{OUTBOUND_FIELDS}")
 
 
 def outbound_key(fields, count: int, shift: int):

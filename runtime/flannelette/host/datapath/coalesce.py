@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import struct
 
-from flannelette.host.datapath.packet import checksum
+from flannelette.host.datapath.packet import checksum, decrement_ttl
+from flannelette.host.datapath.segments import vnet_header
 from flannelette.host.datapath.vnet import F_NEEDS_CSUM, GSO_TCPV4, IPPROTO_TCP, PLAIN, VNET_HDR, VNET_HDR_LEN
 
 TCP_ACK, TCP_PSH = 0x10, 0x08
@@ -45,8 +46,10 @@ class Coalescer:
         self.flow = None
         self.options = b""
         self.next_seq = self.mss = self.last_payload = self.header_len = self.flags = self.window = 0
+        self.partial = False
 
-    def add(self, view, start: int, n: int, fields) -> None:
+    def add(self, view, start: int, n: int, fields, partial: bool = False) -> None:
+        """Queue the packet of `n` bytes at `start`; `partial`: its checksum is left to the kernel (a segment)."""
         if fields is not None and fields[PROTO] == IPPROTO_TCP and fields[FLAGS] & ~TCP_PSH == TCP_ACK \
                 and not fields[FRAG] & 0x3FFF:
             header_len = 20 + (fields[OFFSET] >> 4) * 4
@@ -56,13 +59,13 @@ class Coalescer:
                 if self.count and flow == self.flow and self._joins(view, start, fields[SEQ], header_len, payload):
                     self._append(view, start, n, header_len, payload, fields)
                     return
-                self._start(view, start, n, fields)
+                self._start(view, start, n, partial)
                 self.flow, self.header_len, self.mss = flow, header_len, payload
                 self.options = bytes(view[start + 40:start + header_len])
                 self.next_seq, self.last_payload = (fields[SEQ] + payload) & 0xFFFFFFFF, payload
                 self.flags, self.window = fields[FLAGS], fields[WINDOW]
                 return
-        self._start(view, start, n, fields)
+        self._start(view, start, n, partial)
         self.flow = None
 
     def _joins(self, view, start: int, seq: int, header_len: int, payload: int) -> bool:
@@ -70,13 +73,12 @@ class Coalescer:
                 and self.end + payload <= len(self.out) and self.count < MAX_SEGMENTS
                 and view[start + 40:start + header_len] == self.options)
 
-    def _start(self, view, start: int, n: int, fields) -> None:
+    def _start(self, view, start: int, n: int, partial: bool) -> None:
         self.flush()
+        self.partial = partial
         out, ip = self.out, VNET_HDR_LEN
         out[ip:ip + n] = view[start:start + n]
-        out[ip + 8] -= 1  # TTL: the caller has checked it is above 1
-        total = (~H.unpack_from(out, ip + 10)[0] & 0xFFFF) + 0xFEFF  # RFC 1624, as packet.decrement_ttl
-        H.pack_into(out, ip + 10, ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF)
+        decrement_ttl(self.view[ip:ip + n])  # the caller has checked it is above 1
         self.end, self.count = ip + n, 1
 
     def _append(self, view, start: int, n: int, header_len: int, payload: int, fields) -> None:
@@ -95,7 +97,9 @@ class Coalescer:
         if not count:
             return 0
         if count == 1:
-            self.out[:VNET_HDR_LEN] = PLAIN
+            out = self.out
+            self.out[:VNET_HDR_LEN] = vnet_header((out[VNET_HDR_LEN] & 0x0F) * 4, out[VNET_HDR_LEN + 9]) \
+                if self.partial else PLAIN
         else:
             self._finish_headers()
         self.count = 0

@@ -1,201 +1,281 @@
-"""UDP to flannel0: datagrams checked, one by one or a UDP_GRO run at once, and written into the TUN device.
+"""UDP to flannel0: datagrams read many per call, checked a run at a time where they can be, written into the TUN device.
 
-One half of flannelette.host.datapath.loop.DataPath, which holds the state both halves
-share (lease table, socket, counters).
+One half of flannelette.host.datapath.loop.DataPath, which holds the state
+both halves share (lease table, socket, counters, the capability exchange).
+
+A read (flannelette.host.kernel.udp.Receiver) brings up to 32 messages, each
+one datagram, or several of one size when the kernel joined them (UDP_GRO).
+Consecutive datagrams of one sender and one size form a run, wherever the
+kernel's batching cut them; a run of plain packets or of segments that passes
+the checks all at once (flannelette.host.datapath.batch) is written as joined
+TCP packets or packet by packet. Anything else is taken datagram by datagram
+(_deliver_each), which finds the reason to drop what it drops.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 from typing import Iterator
 
-from flannelette.host.datapath import batch, packet, vnet
+from flannelette.host.datapath import batch, exchange, formats, frames, packet, segments
 from flannelette.host.datapath.coalesce import HEADERS, Coalescer, finish_gso
 from flannelette.host.datapath.packet import CHECKSUM, IPV4_FIELDS
-from flannelette.host.kernel.udp import ANCILLARY_SPACE, BUFFER_SIZE, BURST, MSG_DONTWAIT, segment_size
 from flannelette.host.datapath.vnet import PLAIN, VNET_HDR_LEN
+from flannelette.host.kernel.udp import Receiver
 
-log = logging.getLogger("flannelette.host.datapath.loop")
+log = logging.getLogger("flannelette.host.datapath")
+
+SEGMENT_HEADER = segments.HEADER
+SEGMENT_AT = segments.HEADER_LEN
+UNEXPECTED_ANSWER = "unexpected_answer"  # an answer to no hello of ours: stale, replayed or forged
+DROP_REASONS = (UNEXPECTED_ANSWER,)
+
+
+def _address(ip: int) -> str:
+    return socket.inet_ntoa(ip.to_bytes(4, "big"))
 
 
 class Inbound:
-    """The receive half: reads the UDP socket, writes into flannel0; uses the DataPath's table, MTU and counters."""
+    """The receive half: reads the UDP socket, writes into flannel0."""
 
     def _udp_to_tun(self) -> Iterator[bool]:
-        # With UDP_GRO the kernel may hand over several datagrams of one sender
-        # in one read, all of the size it reports, the last maybe shorter. A
-        # run that passes the checks all at once (flannelette.host.datapath.batch) is written
-        # as one joined TCP packet, or packet by packet; anything else is
-        # checked datagram by datagram (_deliver), and consecutive TCP segments
-        # are still joined (flannelette.host.datapath.coalesce).
-        buf = bytearray(BUFFER_SIZE + VNET_HDR_LEN)  # a run of frames is unpacked from its first packet on
-        view = memoryview(buf)
-        recvmsg_into, bufs = self.recv_sock.recvmsg_into, [buf]
-        coalescer = Coalescer(self._write_tun)
-        burst = 0
+        receiver = Receiver(self.recv_sock)
+        view, slot, receive = receiver.view, receiver.SLOT, receiver.receive
+        self._coalescer = Coalescer(self._write_tun)
         while not self._stopping:
             try:
-                got, ancillary, _, sender = recvmsg_into(bufs, ANCILLARY_SPACE, MSG_DONTWAIT)
-            except BlockingIOError:
-                yield False
-                continue
+                k = receive()
             except OSError as e:  # e.g. a queued ICMP error for an earlier send
                 log.debug("UDP receive: %s", e)
                 continue
-            burst += 1
-            if burst == BURST:
-                burst = 0
-                yield True
-            peer = self.table.by_public_ip.get(sender[0])
-            if peer is None:
-                self._drop(packet.UNKNOWN_PEER, "%d bytes from %s:%d", got, sender[0], sender[1])
+            if not k:
+                yield False
                 continue
-            step = segment_size(ancillary) or got
-            if step == got:
-                if not self._deliver_one(view, got, peer):
-                    self._deliver(view, 0, got, got, peer, sender, coalescer)
-            elif not self._deliver_run(view, got, step, peer, sender, coalescer):
-                self._deliver(view, 0, got, step, peer, sender, coalescer)
+            now = self.clock()
+            lengths, senders, gro = receiver.lengths, receiver.senders, receiver.segments
+            by_address = self.table.by_address
+            i = 0
+            while i < k:
+                sender, n, step = senders[i], lengths[i], gro[i]
+                peer = by_address.get(sender)
+                if peer is None:
+                    self._drop(packet.UNKNOWN_PEER, "%d bytes from %s:%d", n, _address(sender), receiver.port(i))
+                    i += 1
+                    continue
+                peer.heard = now
+                if step and step < n:  # the kernel joined datagrams of `step` bytes: they are the run
+                    count, tail = divmod(n, step)
+                    self._deliver(view, i * slot, count, step, step, tail, peer, now)
+                    i += 1
+                    continue
+                # Consecutive messages of this sender and size, and one shorter after them, are the run.
+                j = i + 1
+                while j < k and senders[j] == sender and lengths[j] == n and (not gro[j] or gro[j] >= n):
+                    j += 1
+                tail = 0
+                if j < k and senders[j] == sender and lengths[j] < n and (not gro[j] or gro[j] >= lengths[j]):
+                    tail = lengths[j]
+                self._deliver(view, i * slot, j - i, slot, n, tail, peer, now)
+                i = j + (1 if tail else 0)
+            yield True
 
-    def _deliver_one(self, view, got: int, peer) -> bool:
-        """A lone plain datagram that passes the common checks, written with its TTL lowered; False for anything else.
+    # -- a run ---------------------------------------------------------------------
 
-        Anything else is left to _deliver, which also finds the reason to drop what it drops.
-        """
-        if got < IPV4_FIELDS.size or got > self.mtu:
+    def _deliver(self, view, start: int, count: int, stride: int, size: int, tail: int, peer, now: float) -> None:
+        """`count` datagrams of `size` bytes, `stride` apart from `start`, then maybe one of `tail` bytes, from `peer`."""
+        first = view[start]
+        if peer.frames is None and (first == 0x45 or first == formats.SEGMENT):
+            at = SEGMENT_AT if first == formats.SEGMENT else 0
+            if at and peer.format != formats.SEGMENTS:
+                self.exchanges.on_segments(peer, now)
+            if count == 1 and not tail:
+                if self._deliver_one(view, start, size, at, peer):
+                    return
+            elif bytes(view[start:start + count * stride:stride]).count(first) == count \
+                    and self._deliver_run(view, start, count, stride, size, tail, at, peer):
+                return
+        self._deliver_each(view, start, count, stride, size, tail, peer, now)
+
+    def _deliver_one(self, view, start: int, n: int, at: int, peer) -> bool:
+        """A lone datagram that passes the common checks, written with its TTL lowered; False for anything else."""
+        inner = n - at
+        if inner < IPV4_FIELDS.size or inner > self.mtu or (at and view[start:start + at] != SEGMENT_HEADER):
             return False
+        ip = start + at
         table = self.table
-        ver_ihl, total, ttl, _, source, destination = IPV4_FIELDS.unpack_from(view, 0)
-        if ver_ihl != 0x45 or total != got or ttl <= 1 or source >> table.shift != peer.key \
-                or destination >> table.shift != table.own_key:
+        if not batch.accepts(IPV4_FIELDS.unpack_from(view, ip), inner, self.mtu, table.shift, peer.key,
+                             table.own_key):
             return False
-        packet.decrement_ttl(view[:got])
-        if self._writev_tun([PLAIN, view[:got]]):
+        header = PLAIN
+        if at:
+            if segments.problem(view[start:start + n], n, self.mtu) is not None:
+                return False
+            header = segments.vnet_header(20, view[ip + 9])
+        packet.decrement_ttl(view[ip:ip + inner])
+        if self._writev_tun([header, view[ip:ip + inner]]):
             counts = peer.counts
-            counts[2] += 1
-            counts[3] += got
+            counts.rx_packets += 1
+            counts.rx_bytes += inner
         return True
 
-    def _deliver_run(self, view, got: int, step: int, peer, sender, coalescer) -> bool:
-        """A read of equal-size datagrams checked all at once; False, untouched, when any check fails.
+    def _deliver_run(self, view, start: int, count: int, stride: int, size: int, tail: int, at: int, peer) -> bool:
+        """A run of plain packets or of segments checked all at once; False, untouched, when any check fails.
 
-        Plain packets, or fast-format frames of one packet each (UDP, ACKs)
-        whose virtio-net headers are all the same, so the first one's verdict
-        holds for all. A super-packet cut into datagrams ends shorter: not a run.
+        The first datagram's verdict then holds for all: every one has the same
+        version, length, TTL, protocol and fragment field, comes from the
+        sender's subnet and goes to ours (batch.valid_run, held to the
+        per-packet rule by a property test).
         """
-        count, tail = divmod(got, step)
-        framed = vnet.is_fast(view[0])
-        at = VNET_HDR_LEN if framed else 0
-        size = step - at
-        if count < 2 or size < batch.MIN_SIZE or size > self.mtu:
+        inner = size - at
+        if count < 2 or inner < batch.MIN_SIZE or inner > self.mtu:
             return False
-        if framed and (tail or vnet.problem(view, step, self.mtu) is not None
-                       or not batch.same_headers(view, count, step, VNET_HDR_LEN)):
+        if at and not batch.same_headers(view[start:], count, stride, at, SEGMENT_HEADER):
             return False
+        ip = start + at
         table = self.table
-        fields = batch.unpack_run(view, at, count, step)
-        if not batch.valid_run(fields, count, size, table.shift, peer.key, table.own_key):
+        fields = batch.unpack_run(view, ip, count, stride, inner)
+        if not batch.valid_run(fields, count, inner, table.shift, peer.key, table.own_key):
             return False
-        full = count * step
+        if at and not batch.completable(fields, inner):
+            return False
+        full_end = start + count * stride
         joined = False
-        if not framed and batch.may_join(fields, count, step):
-            parts = batch.joins(fields, count, step)
+        if batch.may_join(fields, count, inner):
+            parts = batch.joins(fields, count, inner)
             if parts is None:
                 return False  # TCP data that does not join whole: the per-packet path joins what parts do
             first, n, payload = parts[-1]
             part = fields[first * batch.WIDTH:]
-            joined = bool(tail) and batch.continues(view, full, tail, step - payload, part, n, payload)
+            joined = bool(tail) and tail > at and (not at or view[full_end:full_end + at] == SEGMENT_HEADER) \
+                and batch.continues(view, full_end + at, tail - at, inner - payload, part, n, payload)
             for first, n, payload in parts:
-                self._write_joined(view, first * step, n, step, payload, fields[first * batch.WIDTH:(first + n) * batch.WIDTH],
-                                   got if joined and first + n == count else 0)
+                last = first + n == count
+                self._write_joined(view, ip + first * stride, n, stride, inner - payload, payload,
+                                   fields[first * batch.WIDTH:(first + n) * batch.WIDTH],
+                                   full_end + at if joined and last else 0, tail - at if joined and last else 0, at)
         else:
-            batch.decrement_ttls(view, at, fields[batch.CHECK::batch.WIDTH], count, step)
-            writev, header = self._writev_tun, [] if framed else [PLAIN]
-            for start in range(0, full, step):
-                writev([*header, view[start:start + step]])
+            batch.decrement_ttls(view, ip, fields[batch.CHECK::batch.WIDTH], count, stride)
+            header = segments.vnet_header(20, view[ip + 9]) if at else PLAIN
+            writev = self._writev_tun
+            for position in range(ip, ip + count * stride, stride):
+                writev([header, view[position:position + inner]])
         counts = peer.counts
-        counts[2] += count + joined
-        counts[3] += got if joined else count * size
+        counts.rx_packets += count + joined
+        counts.rx_bytes += count * inner + (tail - at if joined else 0)
         if tail and not joined:
-            self._deliver(view, full, got, step, peer, sender, coalescer)
+            self._deliver_each(view, full_end, 1, stride, tail, 0, peer, self.clock())
         return True
 
-    def _write_joined(self, view, start: int, count: int, step: int, payload: int, fields, tail_end: int) -> None:
-        """Write `count` segments of one flow from `start` (and the shorter one up to `tail_end`, if any) as one packet."""
-        headers, end = step - payload, start + count * step
-        if count == 1 and not tail_end:  # nothing to join: as it came, TTL aside
-            packet.decrement_ttl(view[start:end])
-            self._writev_tun([PLAIN, view[start:end]])
+    def _write_joined(self, view, ip: int, count: int, stride: int, headers: int, payload: int, fields,
+                      tail_ip: int, tail_len: int, at: int) -> None:
+        """Write `count` segments of one flow, `stride` apart from `ip` (and the shorter one at `tail_ip`), as one packet."""
+        if count == 1 and not tail_len:  # nothing to join: as it came, TTL aside
+            packet.decrement_ttl(view[ip:ip + headers + payload])
+            header = segments.vnet_header(20, view[ip + 9]) if at else PLAIN
+            self._writev_tun([header, view[ip:ip + headers + payload]])
             return
-        iov = batch.payloads(view, start, count, step, headers)
-        last, length, push = end - step, headers + count * payload, batch.any_push(fields)
-        if tail_end:
-            iov.append(view[end + headers:tail_end])
-            last, length = end, length + tail_end - end - headers
-            push = push or view[end + 33] & batch.TCP_PSH
+        iov = batch.payloads(view, ip, count, stride, headers, headers + payload)
+        last, length, push = ip + (count - 1) * stride, headers + count * payload, batch.any_push(fields)
+        if tail_len:
+            iov.append(view[tail_ip + headers:tail_ip + tail_len])
+            last, length = tail_ip, length + tail_len - headers
+            push = push or view[tail_ip + 33] & batch.TCP_PSH
         frame = bytearray(VNET_HDR_LEN + headers)
-        frame[VNET_HDR_LEN:] = view[start:start + headers]
+        frame[VNET_HDR_LEN:] = view[ip:ip + headers]
         frame[VNET_HDR_LEN + 8] -= 1  # TTL: checked above 1; the header checksum is redone whole
         finish_gso(frame, length, headers, payload, batch.TCP_ACK | (batch.TCP_PSH if push else 0),
                    CHECKSUM.unpack_from(view, last + 34)[0])
         iov.insert(0, frame)
         self._writev_tun(iov)
 
-    def _deliver(self, view, start: int, got: int, step: int, peer, sender, coalescer) -> None:
-        """Check each datagram of a read from `start` on and pass the good ones to the TUN device."""
-        table, mtu, headers, add = self.table, self.mtu, HEADERS.unpack_from, coalescer.add
-        shift, source_key, own_key = table.shift, peer.key, table.own_key
-        delivered = carried = 0
-        while start < got:
-            n = min(step, got - start)
-            if vnet.is_fast(view[start]):  # a frame, maybe a super-packet cut into the rest of the read
-                coalescer.flush()  # in order with what went before
-                n = vnet.span(view, start, n, got)
-                if self._deliver_fast(table, view[start:start + n], n, sender):
-                    delivered += 1
-                    carried += n - VNET_HDR_LEN
-                start += n
-                continue
-            # The common case checked inline; the verdict with its reason is
-            # worked out only for the rest.
-            fields = headers(view, start) if n >= HEADERS.size else None
-            if fields is None or not (fields[0] == 0x45 and fields[2] == n <= mtu and fields[5] > 1
-                                      and fields[8] >> shift == source_key and fields[9] >> shift == own_key):
-                if not self._acceptable(table, view[start:start + n], n, sender):
-                    start += n
-                    continue
-                fields = None  # e.g. IP options: passed on as it came, never joined
-            add(view, start, n, fields)
-            delivered += 1
-            carried += n
-            start += n
-        coalescer.flush()
-        counts = peer.counts
-        counts[2] += delivered
-        counts[3] += carried
+    # -- datagram by datagram --------------------------------------------------------
 
-    def _deliver_fast(self, table, frame, n: int, sender) -> bool:
-        """Check a fast-mode datagram and write it into the TUN device as it came, TTL aside."""
-        inner = frame[VNET_HDR_LEN:]
-        problem = vnet.problem(frame, n, self.mtu) or table.sender_problem(sender[0], inner)
+    def _deliver_each(self, view, start: int, count: int, stride: int, size: int, tail: int, peer, now: float) -> None:
+        """Check each datagram on its own, for any format, and pass on the good ones; every other one is counted."""
+        coalescer = self._coalescer
+        for position, n in [(start + i * stride, size) for i in range(count)] + ([(start + count * stride, tail)] if tail else []):
+            if peer.frames is not None:
+                whole = peer.frames.take(view, position, n, now)
+                if whole is None:
+                    partial, peer.frames = peer.frames, None
+                    self._drop(frames.FRAME_INCOMPLETE, "a frame from %s lost a datagram: %d of %d bytes, then %d",
+                               peer.host, partial.have, partial.want, n)
+                elif whole:
+                    coalescer.flush()
+                    buffer, peer.frames = peer.frames.buffer, None
+                    self._deliver_frame(memoryview(buffer), len(buffer), peer, now)
+                    continue
+                else:
+                    continue
+            first = view[position]
+            if formats.is_plain(first):
+                self._deliver_plain(view, position, n, 0, peer, coalescer)
+            elif first == formats.SEGMENT:
+                problem = segments.problem(view[position:position + n], n, self.mtu)
+                if problem is not None:
+                    self._drop(problem, "%d bytes (segment) from %s", n, peer.host)
+                else:
+                    self._deliver_plain(view, position + SEGMENT_AT, n - SEGMENT_AT, SEGMENT_AT, peer, coalescer)
+            elif first == formats.HELLO or first == formats.ANSWER:
+                self._exchange(view[position:position + n], n, peer, now)
+            elif formats.is_frame(first):
+                coalescer.flush()  # in order with what went before
+                self.exchanges.on_frames(peer, now)
+                want = frames.claimed(view, position, n)
+                if want > n and frames.first_of_many(n, want, self.mtu):
+                    peer.frames = frames.Reassembly(view, position, n, want, now)
+                else:
+                    self._deliver_frame(view[position:position + n], n, peer, now)
+            else:
+                self._drop(packet.MALFORMED, "%d bytes from %s start with 0x%02x, no format's first byte", n,
+                           peer.host, first)
+        coalescer.flush()
+
+    def _deliver_plain(self, view, ip: int, n: int, at: int, peer, coalescer) -> None:
+        """One IPv4 packet (plain, or a segment's, `at` bytes into its datagram): checked, then joined or written."""
+        table = self.table
+        fields = HEADERS.unpack_from(view, ip) if n >= HEADERS.size else None
+        if fields is None or not batch.accepts(IPV4_FIELDS.unpack_from(view, ip), n, self.mtu, table.shift, peer.key,
+                                               table.own_key):
+            problem = packet.header_problem(view[ip:ip + n], n, self.mtu) or table.sender_problem(peer, view[ip:ip + n])
+            if problem is None and view[ip + 8] <= 1:
+                problem = packet.TTL_EXPIRED
+            if problem is not None:
+                self._drop(problem, "%d bytes from %s (%s)", n, peer.host, peer.address[0])
+                return
+            fields = None  # e.g. IP options: passed on as it came, never joined
+        coalescer.add(view, ip, n, fields, partial=bool(at))
+        counts = peer.counts
+        counts.rx_packets += 1
+        counts.rx_bytes += n
+
+    def _deliver_frame(self, frame, n: int, peer, now: float) -> None:
+        """A whole frame of the previous release: checked, written into the TUN device as it came, TTL aside."""
+        inner = frame[VNET_HDR_LEN:n]
+        problem = frames.problem(frame, n, self.mtu) or self.table.sender_problem(peer, inner)
         if problem is None and inner[8] <= 1:
             problem = packet.TTL_EXPIRED
         if problem is not None:
-            self._drop(problem, "%d bytes (fast format) from %s:%d", n, sender[0], sender[1])
-            return False
+            self._drop(problem, "%d bytes (frame) from %s", n, peer.host)
+            return
         packet.decrement_ttl(inner)  # in the one header the kernel copies into every segment
-        return self._write_tun(frame)
+        if self._write_tun(frame[:n]):
+            counts = peer.counts
+            counts.rx_packets += 1
+            counts.rx_bytes += n - VNET_HDR_LEN
 
-    def _acceptable(self, table, data, n: int, sender) -> bool:
-        """The full check, for a packet the inline one did not pass; drops and counts it when bad."""
-        problem = packet.header_problem(data, n, self.mtu) or table.sender_problem(sender[0], data)
-        if problem is None and data[8] <= 1:
-            problem = packet.TTL_EXPIRED
-        if problem is None:
-            return True
-        self._drop(problem, "%d bytes from %s:%d", n, sender[0], sender[1])
-        return False
+    def _exchange(self, data, n: int, peer, now: float) -> None:
+        message = exchange.decode(data, n)
+        if message is None:
+            self._drop(packet.MALFORMED, "%d bytes from %s: not a hello or answer", n, peer.host)
+        elif message.kind == formats.HELLO:
+            self._send_control(self.exchanges.on_hello(peer, message, now), peer)
+        elif not self.exchanges.on_answer(peer, message, now):
+            self._drop(UNEXPECTED_ANSWER, "an answer from %s to no hello of ours", peer.host)
+
+    # -- the TUN device ----------------------------------------------------------------
 
     def _write_tun(self, frame) -> bool:
         """Write one frame (virtio-net header + packet) into the TUN device."""

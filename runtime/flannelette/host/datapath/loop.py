@@ -1,13 +1,13 @@
-"""The packet loop: flannel0 to UDP and UDP to flannel0.
+"""The packet loop: flannel0 to UDP and UDP to flannel0, and the capability exchange's timers, in one thread.
 
-Between flannelette hosts each datagram carries what flannel0 hands over, a
-TCP super-packet of up to 64 KB included (flannelette.host.datapath.vnet); to a flanneld
-host, one inner IPv4 packet per datagram. Both formats are accepted from any
-peer.
+Each peer gets the best format both ends take (flannelette.host.datapath.formats):
+segments between flannelette hosts once the exchange has shown the peer takes
+them, flannel's one IPv4 packet per datagram to anyone else. Every format is
+accepted from any lease holder.
 
 The rest of the runtime sees only `DataPath(...)`, `start()`, `stop()`,
 `update_table()` and the counters, so a faster implementation can replace
-this module without touching anything else.
+this package without touching anything else.
 """
 
 from __future__ import annotations
@@ -18,43 +18,57 @@ import select
 import socket
 import threading
 from ipaddress import IPv4Address
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
-from flannelette.host.datapath import packet, vnet
+from flannelette import __version__
+from flannelette.host.datapath import formats, frames, inbound, outbound, packet, segments
+from flannelette.host.datapath.exchange import Exchanges
 from flannelette.host.datapath.inbound import Inbound
-from flannelette.host.datapath.outbound import NOT_IPV4, Outbound
-from flannelette.host.datapath.packet import LeaseTable
-from flannelette.host.ratelimit import RateLimitedLog
+from flannelette.host.datapath.leases import Counts, LeaseTable
+from flannelette.host.datapath.outbound import Outbound
 from flannelette.host.kernel.udp import SOL_UDP, UDP_GRO
+from flannelette.host.ratelimit import RateLimitedLog
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("flannelette.host.datapath")
 
-DROP_REASONS = packet.DROP_REASONS + (NOT_IPV4,) + vnet.DROP_REASONS
+DROP_REASONS = (packet.DROP_REASONS + outbound.DROP_REASONS + inbound.DROP_REASONS + segments.DROP_REASONS
+                + frames.DROP_REASONS)
+# What this host takes: every format it knows, or, where the network is on flannel's format, flannel's only.
+TAKES_ALL = formats.mask(formats.FLANNEL, formats.FRAMES, formats.SEGMENTS)
+TAKES_FLANNEL = formats.mask(formats.FLANNEL)
 
 
 class DataPath(Outbound, Inbound):
     """Two loops, one per direction (flannelette.host.datapath.outbound, .inbound), taking turns in one thread.
 
-    Both queues empty park the thread in poll().
+    Both queues empty park the thread in poll() until a packet or the next
+    timer of the capability exchange.
 
     One thread, not one per direction: measured between two namespace hosts,
-    it carries 6-9% more TCP in both modes, because the two directions no
-    longer hand the GIL back and forth, and the ACK a TUN write provokes is
-    read by the thread that is already running.
+    it carries 6-9% more TCP, because the two directions no longer hand the
+    GIL back and forth, and the ACK a TUN write provokes is read by the
+    thread that is already running.
     """
 
     def __init__(self, tun_fd: int, sock: socket.socket, table: LeaseTable, mtu: int, tun_address: IPv4Address, clock,
-                 send_sock: Optional[socket.socket] = None):
+                 send_sock: Optional[socket.socket] = None, set_offload: Optional[Callable[[bool], None]] = None,
+                 release: str = __version__):
         # send_sock: where datagrams leave from, when not `sock`. Queues of a
         # multi-queue TUN each send from a port of their own, so the peer's
         # SO_REUSEPORT group spreads what they send over its queues too.
         self.tun_fd, self.recv_sock, self.table, self.mtu = tun_fd, sock, table, mtu
         self.sock = send_sock or sock
         self.tun_address = tun_address
+        self.clock = clock
         self.drops: Dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.icmp_sent = 0
-        self.retired = [0, 0, 0, 0]  # counts of peers since removed from the table
+        self.retired = Counts()  # counts of peers since removed from the table
         self.warnings = RateLimitedLog(clock)
+        self.set_offload = set_offload or (lambda on: None)
+        self.offload = False  # whether flannel0 hands over super-packets with checksums pending
+        taken = TAKES_FLANNEL if table.force_flannel else TAKES_ALL
+        self.exchanges = Exchanges(taken, release, self._format_changed)
+        self.exchanges.adopt(table, clock())
         self._stopping = False
         self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._threads: List[threading.Thread] = []
@@ -80,22 +94,48 @@ class DataPath(Outbound, Inbound):
         os.close(self._wake_write)
 
     def update_table(self, table: LeaseTable) -> None:
-        """Swap in a new lease table; the loops pick it up at their next packet."""
+        """Swap in a new lease table; the loop picks it up at its next packet, new peers are asked at once."""
         gone = set(self.table.peers_by_identity()) - set(table.peers_by_identity())
         for peer in self.table.peers():
             if peer.identity in gone:
-                self.retired = [a + b for a, b in zip(self.retired, peer.counts)]
+                self.retired.add(peer.counts)
+        self.exchanges.adopt(table, self.clock())
         self.table = table
+        self._refresh_offload()
+        os.write(self._wake_write, b"t")  # the new peers' hellos are due now
 
     def totals(self) -> List[int]:
         """tx packets, tx bytes, rx packets, rx bytes over all peers, past and present."""
-        totals = list(self.retired)
+        totals = Counts()
+        totals.add(self.retired)
         for peer in self.table.peers():
-            totals = [a + b for a, b in zip(totals, peer.counts)]
-        return totals
+            totals.add(peer.counts)
+        return list(totals.as_tuple())
 
     def alive(self) -> bool:
         return bool(self._threads) and all(thread.is_alive() for thread in self._threads)
+
+    # -- formats -------------------------------------------------------------------
+
+    def _format_changed(self, peer, old: int, new: int) -> None:
+        log.info("%s (%s): %s format%s", peer.host, peer.address[0], formats.NAMES[new],
+                 f" (release {peer.exchange.release})" if peer.exchange and peer.exchange.release else "")
+        if new == formats.SEGMENTS and not self.offload:
+            self._set_offload(True)
+        elif old == formats.SEGMENTS:
+            self._refresh_offload()
+
+    def _refresh_offload(self) -> None:
+        wanted = any(peer.format == formats.SEGMENTS for peer in self.table.by_subnet.values())
+        if wanted != self.offload:
+            self._set_offload(wanted)
+
+    def _set_offload(self, on: bool) -> None:
+        # On: flannel0 hands over TCP super-packets and packets with their checksum
+        # pending, which go to a peer on flannel's format finished by the runtime.
+        # Off: the kernel finishes every packet, as flannel's format needs.
+        self.set_offload(on)
+        self.offload = on
 
     # -- the loops ---------------------------------------------------------------
 
@@ -109,21 +149,37 @@ class DataPath(Outbound, Inbound):
 
     def _take_turns(self) -> None:
         # Each loop is a generator that yields False when its queue is empty
-        # and True after BURST packets, so a busy direction never starves the
-        # other; the thread sleeps in poll() only when both are empty.
+        # and True after a burst, so a busy direction never starves the other;
+        # the thread sleeps in poll() only when both are empty, until a packet
+        # or the exchange's next timer.
         loops = {self.tun_fd: self._tun_to_udp(), self.recv_sock.fileno(): self._udp_to_tun()}
         poller = select.poll()
         for fd in (*loops, self._wake_read):
             poller.register(fd, select.POLLIN)
-        poll, ready = poller.poll, list(loops)
+        poll, ready, clock, exchanges = poller.poll, list(loops), self.clock, self.exchanges
+        due = exchanges.next_due()
         while not self._stopping:
-            for fd, _ in poll(0 if ready else None):
-                if fd in loops and fd not in ready:
+            if due is not None and clock() >= due:
+                for peer, message in exchanges.due(clock()):
+                    self._send_control(message, peer)
+                due = exchanges.next_due()
+            if ready:
+                timeout = 0
+            else:
+                timeout = None if due is None else max(0, int((due - clock()) * 1000) + 1)
+            for fd, _ in poll(timeout):
+                if fd == self._wake_read:
+                    os.read(self._wake_read, 64)
+                    due = exchanges.next_due()
+                elif fd not in ready:
                     ready.append(fd)
             for fd in list(ready):
                 if not next(loops[fd]):
                     ready.remove(fd)
+            if exchanges.heap and (due is None or exchanges.heap[0][0] < due):
+                due = exchanges.next_due()  # something that arrived set a sooner timer (a hello to answer back)
 
     def _drop(self, reason: str, message: str, *args) -> None:
         self.drops[reason] += 1
         self.warnings.warn(reason, message, *args)
+

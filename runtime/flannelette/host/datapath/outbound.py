@@ -1,7 +1,13 @@
-"""flannel0 to UDP: frames read from the TUN device in runs, checked, TTL-decremented and sent.
+"""flannel0 to UDP: frames read from the TUN device in runs, checked, TTL-decremented and sent in each peer's format.
 
-One half of flannelette.host.datapath.loop.DataPath, which holds the state both halves
-share (lease table, socket, counters).
+One half of flannelette.host.datapath.loop.DataPath, which holds the state
+both halves share (lease table, socket, counters, the capability exchange).
+
+While a peer takes segments (flannelette.host.datapath.segments), flannel0
+hands over TCP super-packets of up to 64 KB with their checksums pending, and
+they leave cut into segments, many per sendmsg (UDP_SEGMENT). To a peer on
+flannel's format every packet leaves finished: flannel0 does it when no peer
+takes segments (no offloads asked of it), the runtime where some do.
 """
 
 from __future__ import annotations
@@ -12,49 +18,47 @@ import logging
 import socket
 from typing import Iterator
 
-from flannelette.host.datapath import batch, packet, vnet
+from flannelette.host.datapath import batch, formats, packet, segments
 from flannelette.host.datapath.packet import DESTINATION
+from flannelette.host.datapath.vnet import (
+    CSUM_OFFSETS, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, PLAIN, VNET_HDR, VNET_HDR_LEN,
+)
 from flannelette.host.kernel.udp import BUFFER_SIZE, BURST, SEGMENT, SOL_UDP, UDP_SEGMENT
-from flannelette.host.datapath.vnet import PLAIN, VNET_HDR_LEN
 
-log = logging.getLogger("flannelette.host.datapath.loop")
+log = logging.getLogger("flannelette.host.datapath")
 
 BATCH_BYTES = 60000  # under the 64 KiB a UDP send can carry, however the packets divide it
 MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS before Linux 6.2
 SMALL = 256  # bytes: a packet this short read on waking leaves at once
 NOT_IPV4 = "not_ipv4"
+DROP_REASONS = (NOT_IPV4,)
+# Where the segment header goes in a frame's slot: over the last bytes of its virtio-net header.
+HEADER_AT = VNET_HDR_LEN - segments.HEADER_LEN
 
 
 class Outbound:
-    """The send half: reads flannel0, sends to peers; uses the DataPath's table, socket, MTU and counters."""
+    """The send half: reads flannel0, sends to peers."""
 
     def _tun_to_udp(self) -> Iterator[bool]:
-        # The hot loop: one read per packet and little else. Each frame
+        # The hot loop: one read per frame and little else. Each frame
         # (virtio-net header, then the packet) is read into a batch buffer
         # behind the ones before; while they are of one size they form a run,
         # which is checked, TTL-decremented and sent as a whole (_send_run), a
-        # shorter frame ending it. In the fast format the frames leave as they
-        # are, and a super-packet too large for one datagram of the underlay
-        # on its own; in flannel's, only the packets, without their headers.
-        # The run goes out as soon as the TUN queue is empty, so no packet
-        # waits for company.
+        # shorter frame ending it. A super-packet goes on its own. The run goes
+        # out as soon as the TUN queue is empty, so no packet waits for company.
         buf = bytearray(BATCH_BYTES + BUFFER_SIZE)
         view = memoryview(buf)
         readinto = io.FileIO(self.tun_fd, "rb", closefd=False).readinto  # None when the queue is empty
         largest, send_run = self.mtu + VNET_HDR_LEN, self._send_run
-        table, since = self.table, 0  # since: frames sent since the other direction last had a turn
-        fast = table.fast
+        since = 0  # frames sent since the other direction last had a turn
         # The run: buf[:end], count frames of size bytes, the last maybe shorter.
         end, count, size = 0, 0, -1
         woke = False
         while not self._stopping:
-            if not count and self.table is not table:  # a reload: what is read from here on follows the new table
-                table = self.table
-                fast = table.fast
             n = readinto(view[end:])
             if n is None:
                 if count:
-                    send_run(view, end, count, size, fast)
+                    send_run(view, end, count, size)
                     end, count, size = 0, 0, -1
                 yield False
                 woke, since = True, 0
@@ -64,29 +68,29 @@ class Outbound:
                 count += 1
                 if count < MAX_SEGMENTS and end + size <= BATCH_BYTES:
                     continue
-                send_run(view, end, count, size, fast)
+                send_run(view, end, count, size)
                 since += count
                 end, count, size = 0, 0, -1
             elif n > largest:  # a super-packet: alone
                 if count:
-                    send_run(view, end, count, size, fast)
-                self._send_frame(view[end:end + n], fast)
+                    send_run(view, end, count, size)
+                self._send_one(view[end:end + n], n)
                 since += count + 1
                 end, count, size, woke = 0, 0, -1, False
             elif not count:
                 if woke and n <= SMALL:  # likely alone (a ping, an ACK): no read for company first
-                    send_run(view, n, 1, n, fast)
+                    send_run(view, n, 1, n)
                     since += 1
                 else:
                     end, count, size = n, 1, n
                 woke = False
                 continue
             elif n < size:  # a shorter frame ends the run
-                send_run(view, end + n, count + 1, size, fast)
+                send_run(view, end + n, count + 1, size)
                 since += count + 1
                 end, count, size = 0, 0, -1
             else:  # a longer one starts the next
-                send_run(view, end, count, size, fast)
+                send_run(view, end, count, size)
                 since += count
                 buf[:n] = buf[end:end + n]
                 end, count, size = n, 1, n
@@ -95,19 +99,17 @@ class Outbound:
                 since = 0
                 yield True
         if count:
-            send_run(view, end, count, size, fast)
+            send_run(view, end, count, size)
 
-    def _send_run(self, view, end: int, count: int, size: int, fast: bool) -> None:
+    # -- a run of frames -----------------------------------------------------------
+
+    def _send_run(self, view, end: int, count: int, size: int) -> None:
         """Send buf[:end]: count frames of `size` bytes, the last maybe shorter, checked all at once when they can be."""
         table = self.table
         full, tail = divmod(end, size)
         peer = None
         shortest = VNET_HDR_LEN + packet.IPV4_HEADER_LEN
-        # A fast-format frame of a full-sized packet is larger than a datagram of
-        # the underlay: the kernel must fragment it, which it does not for a
-        # segmented send (EMSGSIZE). Such frames go one by one.
-        if count > 1 and size >= shortest and (not tail or tail >= shortest) \
-                and (size <= self.mtu if fast else self._finished(view, end, count, size)):
+        if count > 1 and size >= shortest and (not tail or tail >= shortest):
             fields = batch.outbound_layout(full, size, VNET_HDR_LEN).unpack_from(view, 0)
             key = batch.outbound_key(fields, full, table.shift)
             if tail and key is not None and batch.outbound_key(
@@ -115,44 +117,96 @@ class Outbound:
                 key = None
             peer = table.by_subnet.get(key) if key is not None else None
         if peer is None:  # a lone frame, or something to drop, answer or send elsewhere: frame by frame
-            self._send_each(view, end, count, size, fast)
+            self._send_each(view, end, size)
             return
-        batch.decrement_ttls(view, VNET_HDR_LEN, fields[batch.OUT_CHECK::batch.OUT_WIDTH], full, size)
-        if tail:
-            packet.decrement_ttl(view[full * size + VNET_HDR_LEN:end])
-        if fast:
-            self._send([view[:end]], count, size, end - VNET_HDR_LEN * count, peer)
-        else:
+        flags, gso_types = bytes(view[0:end:size]), bytes(view[1:end:size])
+        if gso_types.count(GSO_NONE) != count:
+            self._send_each(view, end, size)
+        elif flags.count(0) == count:  # finished packets: flannel's format to anyone
+            self._decrement_run(view, fields, full, size, tail, end)
             packets = batch.payloads(view, 0, full, size, VNET_HDR_LEN)
             if tail:
                 packets.append(view[full * size + VNET_HDR_LEN:end])
             self._send(packets, count, size - VNET_HDR_LEN, end - VNET_HDR_LEN * count, peer)
+        elif flags.count(F_NEEDS_CSUM) == count and peer.format == formats.SEGMENTS \
+                and size - HEADER_AT <= self.mtu and self._completable_run(view, fields, full, size, tail, end):
+            self._decrement_run(view, fields, full, size, tail, end)
+            for k, byte in enumerate(segments.HEADER):
+                view[HEADER_AT + k:end:size] = bytes((byte,)) * count
+            datagrams = [view[at:at + size - HEADER_AT] for at in range(HEADER_AT, full * size, size)]
+            if tail:
+                datagrams.append(view[full * size + HEADER_AT:end])
+            self._send(datagrams, count, size - HEADER_AT, end - VNET_HDR_LEN * count, peer)
+        else:
+            self._send_each(view, end, size)
 
     @staticmethod
-    def _finished(view, end: int, count: int, size: int) -> bool:
-        """Whether no frame of the run leaves the kernel a checksum or a segmentation to do (flags, gso_type zero)."""
-        return bytes(view[0:end:size]).count(0) == count and bytes(view[1:end:size]).count(0) == count
+    def _decrement_run(view, fields, full: int, size: int, tail: int, end: int) -> None:
+        batch.decrement_ttls(view, VNET_HDR_LEN, fields[batch.OUT_CHECK::batch.OUT_WIDTH], full, size)
+        if tail:
+            packet.decrement_ttl(view[full * size + VNET_HDR_LEN:end])
 
-    def _send_each(self, view, end: int, count: int, size: int, fast: bool) -> None:
-        """The run frame by frame: each checked on its own, dropped or answered with its reason, or sent alone.
+    @staticmethod
+    def _completable_run(view, fields, full: int, size: int, tail: int, end: int) -> bool:
+        """Whether every frame of the run is a TCP or UDP packet without options whose checksum the kernel left
+        where a segment says it is (csum_start 20, csum_offset 16 or 6)."""
+        protocols = fields[batch.OUT_PROTO::batch.OUT_WIDTH]
+        protocol = protocols[0]
+        offset = CSUM_OFFSETS.get(protocol)
+        if offset is None or protocols.count(protocol) != full or fields[batch.OUT_VER_IHL::batch.OUT_WIDTH].count(0x45) != full:
+            return False
+        starts = bytes(view[6:end:size])
+        offsets = bytes(view[8:end:size])
+        count = full + (1 if tail else 0)
+        if starts.count(20) != count or offsets.count(offset) != count:
+            return False
+        return not tail or (view[full * size + VNET_HDR_LEN] == 0x45 and view[full * size + VNET_HDR_LEN + 9] == protocol)
 
-        A finished packet (its virtio-net header all zero: a ping) leaves in
-        flannel's format in either mode: that says all of it.
-        """
-        table = self.table
+    def _send_each(self, view, end: int, size: int) -> None:
+        """The run frame by frame, each checked on its own, dropped or answered with its reason, or sent."""
         for start in range(0, end, size):
             n = min(size, end - start)
-            frame = view[start:start + n]
-            peer = self._route(table, frame[VNET_HDR_LEN:], n - VNET_HDR_LEN, None if fast else frame[:VNET_HDR_LEN])
-            if peer is not None:
-                wire = frame if fast and frame[:VNET_HDR_LEN] != PLAIN else frame[VNET_HDR_LEN:]
-                self._send([wire], 1, len(wire), n - VNET_HDR_LEN, peer)
+            self._send_one(view[start:start + n], n)
 
-    def _route(self, table, data, n: int, header):
+    # -- one frame ---------------------------------------------------------------------
+
+    def _send_one(self, frame, n: int) -> None:
+        """One frame (virtio-net header, then a packet, maybe a TCP super-packet), in its peer's format."""
+        ip = frame[VNET_HDR_LEN:n]
+        peer = self._route(ip, n - VNET_HDR_LEN)
+        if peer is None:
+            return
+        flags, gso_type, _, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(frame, 0)
+        partial = peer.format == formats.SEGMENTS
+        if gso_type & ~0x80 == GSO_TCPV4:
+            self._send_cut(segments.cut(ip, gso_size, self.mtu, partial), len(ip), peer)
+        elif flags != F_NEEDS_CSUM:  # finished: flannel's format says all of it
+            self._send([ip], 1, len(ip), len(ip), peer)
+        elif partial and self._completable(ip, csum_start, csum_offset):
+            if segments.fits(len(ip), self.mtu):
+                self._send([segments.HEADER, ip], 1, len(ip) + segments.HEADER_LEN, len(ip), peer)
+            elif ip[9] == segments.IPPROTO_TCP:
+                ihl = (ip[0] & 0x0F) * 4
+                self._send_cut(segments.cut(ip, len(ip) - ihl - segments.tcp_header_len(ip, ihl), self.mtu, True),
+                               len(ip), peer)
+            else:  # a full-sized UDP packet: one datagram can't hold it and a segment header
+                segments.complete_checksum(ip, csum_start, csum_offset)
+                self._send([ip], 1, len(ip), len(ip), peer)
+        else:
+            segments.complete_checksum(ip, csum_start, csum_offset)
+            self._send([ip], 1, len(ip), len(ip), peer)
+
+    @staticmethod
+    def _completable(ip, csum_start: int, csum_offset: int) -> bool:
+        ihl = (ip[0] & 0x0F) * 4
+        return csum_start == ihl and CSUM_OFFSETS.get(ip[9]) == csum_offset and not packet.WORD.unpack_from(ip, 6)[0] & 0x3FFF
+
+    def _route(self, data, n: int):
         """The peer a packet read from flannel0 goes to, its TTL lowered; None when it is dropped or answered."""
         if n < packet.IPV4_HEADER_LEN or data[0] >> 4 != 4:
             self._drop(NOT_IPV4, "%d bytes from the TUN device are not an IPv4 packet", n)
             return None
+        table = self.table
         peer = table.by_subnet.get(DESTINATION.unpack_from(data, 16)[0] >> table.shift)
         if peer is None:
             self._unreachable(data[:n])
@@ -160,26 +214,21 @@ class Outbound:
         if data[8] <= 1:
             self._drop(packet.TTL_EXPIRED, "TTL expired for %s", peer.host)
             return None
-        if header is not None and (header[0] & vnet.F_NEEDS_CSUM or header[1]):
-            self._drop(vnet.OFFLOAD_TO_PLAIN_PEER, "%d bytes to %s need the kernel's offloads", n, peer.host)
-            return None
         packet.decrement_ttl(data)
         return peer
 
-    def _send_frame(self, frame, fast: bool) -> None:
-        """A frame too large for one datagram: in the fast format, checked, then cut by the kernel."""
-        if not fast:  # in flannel's format it can only be dropped (offloads) or, finished, fragmented by the kernel
-            self._send_each(frame, len(frame), 1, len(frame), fast)
-            return
-        peer = self._route(self.table, frame[VNET_HDR_LEN:], len(frame) - VNET_HDR_LEN, None)
-        if peer is not None:
-            self._send_fast(frame, peer)
+    # -- the socket ----------------------------------------------------------------------
+
+    def _send_cut(self, sends, carried: int, peer) -> None:
+        for parts, count, size in sends:
+            self._send(parts, count, size, 0, peer)
+        peer.counts.tx_bytes += carried
 
     def _send(self, parts, count: int, size: int, carried: int, peer) -> None:
         """Send `parts` (buffers, end to end) to `peer` as `count` datagrams of `size` bytes, the last maybe shorter."""
         try:
             if count == 1:
-                self.sock.sendto(parts[0], peer.address)
+                self.sock.sendmsg(parts, (), 0, peer.address)
             elif self.gso:
                 self.sock.sendmsg(parts, [(SOL_UDP, UDP_SEGMENT, SEGMENT.pack(size))], 0, peer.address)
             else:
@@ -195,37 +244,17 @@ class Outbound:
             self.warnings.warn(packet.SEND_FAILED, "%d packets to %s (%s): %s", count, peer.host, peer.address[0], e.strerror)
             return None
         counts = peer.counts
-        counts[0] += count
-        counts[1] += carried
+        counts.tx_packets += count
+        counts.tx_bytes += carried
         return None
 
-    def _send_fast(self, frame, peer) -> None:
-        # A frame too large for one datagram of the underlay: a super-packet
-        # is cut by the kernel (UDP_SEGMENT) into datagrams the underlay
-        # carries whole, the last one always shorter, so the peer's UDP_GRO
-        # hands the frame over in one read, and ends the read there. Between
-        # namespaces it never even leaves the kernel as datagrams. Anything
-        # else, or without UDP_SEGMENT, leaves as one datagram, which the
-        # kernel fragments (the socket does not set DF).
-        length = len(frame)
+    def _send_control(self, message: bytes, peer) -> None:
+        """A message of the capability exchange."""
         try:
-            if frame[1] and self.gso:
-                chunk = self.mtu if length % self.mtu else self.mtu - 4
-                self.sock.sendmsg([frame], [(SOL_UDP, UDP_SEGMENT, SEGMENT.pack(chunk))], 0, peer.address)
-            else:
-                self.sock.sendto(frame, peer.address)
+            self.sock.sendto(message, peer.address)
         except OSError as e:
-            if e.errno in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT) and self.gso and frame[1]:
-                log.info("UDP segmentation offload unavailable (%s); sending one datagram per call", e.strerror)
-                self.gso = False
-                return self._send_fast(frame, peer)
             self.drops[packet.SEND_FAILED] += 1
-            self.warnings.warn(packet.SEND_FAILED, "%d bytes to %s (%s): %s", length, peer.host, peer.address[0], e.strerror)
-            return None
-        counts = peer.counts
-        counts[0] += 1
-        counts[1] += length - VNET_HDR_LEN
-        return None
+            self.warnings.warn(packet.SEND_FAILED, "a hello to %s (%s): %s", peer.host, peer.address[0], e.strerror)
 
     def _unreachable(self, offender) -> None:
         self._drop(packet.NO_LEASE, "no lease holds %s", socket.inet_ntoa(offender[16:20]))

@@ -1,4 +1,4 @@
-"""Pure packet logic of the data path: IPv4 checks, TTL, ICMP net-unreachable, lease lookup.
+"""Pure packet logic of the data path: IPv4 checks, TTL, checksums, ICMP net-unreachable.
 
 Nothing here touches a device or a socket, so every rule is tested on bytes.
 """
@@ -6,10 +6,8 @@ Nothing here touches a device or a socket, so every rule is tested on bytes.
 from __future__ import annotations
 
 import struct
-from ipaddress import IPv4Address, IPv4Network
-from typing import Dict, Iterable, Optional, Tuple
-
-from flannelette.model.config import WIRE_FLANNEL
+from ipaddress import IPv4Address
+from typing import Optional
 
 IPV4_HEADER_LEN = 20
 IPPROTO_ICMP = 1
@@ -119,74 +117,3 @@ def net_unreachable(offender, source: IPv4Address) -> Optional[bytes]:
     ))
     WORD.pack_into(header, 10, checksum(header))
     return bytes(header + icmp)
-
-
-class Peer:
-    """Another host: where its subnet's packets go, and what went there."""
-
-    __slots__ = ("host", "subnet", "public_ip", "address", "key", "counts")
-
-    def __init__(self, host: str, subnet: IPv4Network, public_ip: IPv4Address, port: int):
-        self.host, self.subnet, self.public_ip = host, subnet, public_ip
-        self.key = int(subnet.network_address) >> (32 - subnet.prefixlen)
-        self.address = (str(public_ip), port)
-        # tx packets, tx bytes, rx packets, rx bytes: a list so the data path
-        # updates it in place without a lookup.
-        self.counts = [0, 0, 0, 0]
-
-    @property
-    def identity(self) -> Tuple[str, IPv4Network, IPv4Address, int]:
-        return (self.host, self.subnet, self.public_ip, self.address[1])
-
-
-class LeaseTable:
-    """Every peer, found in constant time by an inner address or by its public IP.
-
-    All subnets of a network share SubnetLen, so an address shifted right by
-    32 - SubnetLen is its subnet's key, however many leases there are.
-
-    `fast` says this host sends the fast format (flannelette.host.datapath.vnet): only when
-    no peer is a flanneld host and the network does not force flannel's format.
-    It is one switch for the table, not one per peer, because it decides
-    whether flannel0 hands over TCP super-packets at all; without them the
-    fast format would only add 10 bytes to each packet.
-    """
-
-    def __init__(self, own, leases: Iterable, subnet_len: int, port: int, previous: Optional["LeaseTable"] = None,
-                 force_flannel: bool = False):
-        self.shift = 32 - subnet_len
-        self.own_key = int(own.subnet.network_address) >> self.shift
-        kept = previous.peers_by_identity() if previous else {}
-        self.by_subnet: Dict[int, Peer] = {}
-        self.by_public_ip: Dict[str, Peer] = {}
-        self.fast = not force_flannel
-        for lease in leases:
-            if lease.public_ip == own.public_ip:
-                continue
-            if lease.wire == WIRE_FLANNEL:
-                self.fast = False
-            peer = Peer(lease.host, lease.subnet, lease.public_ip, port)
-            peer = kept.get(peer.identity, peer)
-            self.by_subnet[peer.key] = peer
-            self.by_public_ip[peer.address[0]] = peer
-
-    def peers_by_identity(self) -> Dict[tuple, Peer]:
-        return {peer.identity: peer for peer in self.by_subnet.values()}
-
-    def peers(self) -> list:
-        return sorted(self.by_subnet.values(), key=lambda peer: peer.subnet)
-
-    def peer_for(self, address: int) -> Optional[Peer]:
-        return self.by_subnet.get(address >> self.shift)
-
-    def sender_problem(self, sender_ip: str, packet) -> Optional[str]:
-        """Why a datagram from `sender_ip` carrying `packet` may not enter our subnet, or None."""
-        peer = self.by_public_ip.get(sender_ip)
-        if peer is None:
-            return UNKNOWN_PEER
-        source, destination = ADDRESSES.unpack_from(packet, 12)
-        if peer.key != source >> self.shift:
-            return SPOOFED_SOURCE
-        if destination >> self.shift != self.own_key:
-            return NOT_OUR_SUBNET
-        return None

@@ -1,0 +1,111 @@
+"""The lease table as the data path uses it: every peer, found in constant time by an inner address or its public IP."""
+
+from __future__ import annotations
+
+import socket
+from ipaddress import IPv4Address, IPv4Network
+from typing import Dict, Iterable, Optional, Tuple
+
+from flannelette.host.datapath import formats
+from flannelette.host.datapath.packet import ADDRESSES, NOT_OUR_SUBNET, SPOOFED_SOURCE, UNKNOWN_PEER
+from flannelette.model.config import WIRE_FLANNEL
+
+
+class Counts:
+    """What went to and came from one peer: inner packets and their bytes."""
+
+    __slots__ = ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes")
+
+    def __init__(self):
+        self.tx_packets = self.tx_bytes = self.rx_packets = self.rx_bytes = 0
+
+    def as_tuple(self) -> Tuple[int, int, int, int]:
+        return (self.tx_packets, self.tx_bytes, self.rx_packets, self.rx_bytes)
+
+    def add(self, other: "Counts") -> None:
+        self.tx_packets += other.tx_packets
+        self.tx_bytes += other.tx_bytes
+        self.rx_packets += other.rx_packets
+        self.rx_bytes += other.rx_bytes
+
+
+class Peer:
+    """Another host: where its subnet's packets go, in which format, and what went there.
+
+    `format` is what the data path sends it (flannelette.host.datapath.formats);
+    the capability exchange (`exchange`) is the only thing that changes it.
+    `heard` is the monotonic time of the last datagram accepted from it.
+    """
+
+    __slots__ = ("host", "subnet", "public_ip", "address", "ip", "key", "counts", "marked_flannel",
+                 "format", "exchange", "heard", "frames")
+
+    def __init__(self, host: str, subnet: IPv4Network, public_ip: IPv4Address, port: int, marked_flannel: bool = False):
+        self.host, self.subnet, self.public_ip = host, subnet, public_ip
+        self.key = int(subnet.network_address) >> (32 - subnet.prefixlen)
+        self.address = (str(public_ip), port)
+        self.ip = int(public_ip)  # how a received datagram's sender is looked up
+        self.counts = Counts()
+        self.marked_flannel = marked_flannel  # a flanneld host, by its lease: flannel's format, never asked
+        self.format = formats.FLANNEL
+        self.exchange = None  # flannelette.host.datapath.exchange.Exchange, set by the exchange
+        self.heard: Optional[float] = None
+        self.frames = None  # reassembly of the previous release's frames (flannelette.host.datapath.frames)
+
+    @property
+    def identity(self) -> Tuple[str, IPv4Network, IPv4Address, int, bool]:
+        return (self.host, self.subnet, self.public_ip, self.address[1], self.marked_flannel)
+
+
+class LeaseTable:
+    """Every peer, by subnet key and by public IP.
+
+    All subnets of a network share SubnetLen, so an address shifted right by
+    32 - SubnetLen is its subnet's key, however many leases there are. A peer
+    whose lease is unchanged keeps its object (counters, exchange state)
+    across reloads.
+    """
+
+    def __init__(self, own, leases: Iterable, subnet_len: int, port: int, previous: Optional["LeaseTable"] = None,
+                 force_flannel: bool = False):
+        self.shift = 32 - subnet_len
+        self.own_key = int(own.subnet.network_address) >> self.shift
+        self.force_flannel = force_flannel  # Backend.Wire flannel: the whole network on flannel's format
+        kept = previous.peers_by_identity() if previous else {}
+        self.by_subnet: Dict[int, Peer] = {}
+        self.by_address: Dict[int, Peer] = {}
+        for lease in leases:
+            if lease.public_ip == own.public_ip:
+                continue
+            peer = Peer(lease.host, lease.subnet, lease.public_ip, port, lease.wire == WIRE_FLANNEL)
+            peer = kept.get(peer.identity, peer)
+            self.by_subnet[peer.key] = peer
+            self.by_address[peer.ip] = peer
+
+    def peers_by_identity(self) -> Dict[tuple, Peer]:
+        return {peer.identity: peer for peer in self.by_subnet.values()}
+
+    def peers(self) -> list:
+        return sorted(self.by_subnet.values(), key=lambda peer: peer.subnet)
+
+    def peer_for(self, address: int) -> Optional[Peer]:
+        return self.by_subnet.get(address >> self.shift)
+
+    def peer_at(self, sender_ip: str) -> Optional[Peer]:
+        return self.by_address.get(int.from_bytes(socket.inet_aton(sender_ip), "big"))
+
+    def sender_problem(self, peer: Optional[Peer], packet) -> Optional[str]:
+        """Why `packet`, from `peer` (None: no lease holder sent it), may not enter our subnet, or None.
+
+        The one definition of the rule every inbound packet answers to; the
+        checks of a whole run at once (flannelette.host.datapath.batch) are
+        held to it by a property test.
+        """
+        if peer is None:
+            return UNKNOWN_PEER
+        source, destination = ADDRESSES.unpack_from(packet, 12)
+        if peer.key != source >> self.shift:
+            return SPOOFED_SOURCE
+        if destination >> self.shift != self.own_key:
+            return NOT_OUR_SUBNET
+        return None
