@@ -1,16 +1,23 @@
 """Throughput and latency through flannelette against kernel VXLAN and the bare underlay, in one run.
 
-Two network namespaces play two hosts joined by a veth pair (the underlay).
-Each path is measured in turn with iperf3 (TCP Gbit/s and retransmits, UDP
-packets per second at two payload sizes) and ping (RTT); for flannelette also
-the CPU time of both runtimes per gigabit carried. flannelette runs in its two
-wire modes: fast (between flannelette hosts) and flannel (Backend.Wire forces
-flannel's one packet per datagram). With --loss, TCP is measured again with
-that share of underlay packets dropped at the receiving host. The table gives
-each figure's ratio to VXLAN under the same conditions. Needs root, iperf3,
-iptables and /dev/net/tun.
+Two network namespaces play two hosts, plugged into a bridge in a third (the
+switch). Each path is measured in turn with iperf3 (TCP Gbit/s and
+retransmits, UDP packets per second at two payload sizes) and ping (RTT);
+for flannelette also the CPU time of both runtimes per gigabit carried.
+flannelette runs in its two formats: fast (segments, between flannelette
+hosts, once the capability exchange has agreed on them) and flannel
+(Backend.Wire flannel: one packet per datagram, nothing added).
 
-    sudo .venv/bin/python -m bench [--seconds 5] [--loss 0.01] [--json FILE]
+Every path is measured on each underlay, wire first (lab.wire): "wire"
+(segmentation offloads off everywhere, so every path, VXLAN included, is cut
+into datagrams in software before it crosses, as on a real network) with
+receive GRO off, then on, then on with --loss of the datagrams dropped one
+by one in the switch (TCP only); and "veth" (GSO buffers cross whole). The
+table gives each TCP figure's ratio to VXLAN on the same underlay, and
+starts with the CPU it ran on: ratios differ between machines. Needs root,
+iperf3, ethtool, nft and /dev/net/tun.
+
+    sudo .venv/bin/python -m bench [--seconds 5] [--loss 0.01] [--underlays wire,wire-gro,wire-loss,veth]
 """
 
 from __future__ import annotations
@@ -26,7 +33,10 @@ import tempfile
 import time
 from typing import Dict, List, Optional
 
+from lab import wire
+
 UNDERLAY = ("192.168.250.1", "192.168.250.2")
+DEVICE = "eth0"  # each host's interface on the switch
 VXLAN = ("10.250.0.1", "10.250.0.2")
 OVERLAY = ("10.244.1.1", "10.244.2.1")  # the cni0 gateways of the two hosts
 UNDERLAY_MTU = 1500
@@ -48,23 +58,41 @@ def in_ns(ns: str, *argv: str, **kwargs) -> str:
 
 
 class Hosts:
-    """Two namespaces on a veth underlay; everything made is removed by name or PID in close()."""
+    """Two namespaces on a switch; everything made is removed by name or PID in close()."""
 
     def __init__(self, prefix: str):
         self.names = (f"{prefix}a", f"{prefix}b")
+        self.switch = f"{prefix}s"
+        self.ports = (f"{prefix}pa", f"{prefix}pb")
         self.processes: List[subprocess.Popen] = []
         self.workdir = tempfile.mkdtemp(prefix="flannelette-bench-")
 
     def build(self) -> None:
-        for name in self.names:
+        for name in (self.switch,) + self.names:
             sh("ip", "netns", "add", name)
             in_ns(name, "ip", "link", "set", "lo", "up")
-        a, b = self.names
-        sh("ip", "link", "add", "fbench0", "netns", a, "mtu", str(UNDERLAY_MTU), "type", "veth",
-           "peer", "name", "fbench0", "netns", b, "mtu", str(UNDERLAY_MTU))
-        for name, address in zip(self.names, UNDERLAY):
-            in_ns(name, "ip", "addr", "add", f"{address}/24", "dev", "fbench0")
-            in_ns(name, "ip", "link", "set", "fbench0", "up")
+        in_ns(self.switch, "ip", "link", "add", "br0", "type", "bridge")
+        in_ns(self.switch, "ip", "link", "set", "br0", "up")
+        for name, port, address in zip(self.names, self.ports, UNDERLAY):
+            sh("ip", "link", "add", port, "netns", self.switch, "mtu", str(UNDERLAY_MTU), "type", "veth",
+               "peer", "name", DEVICE, "netns", name, "mtu", str(UNDERLAY_MTU))
+            in_ns(self.switch, "ip", "link", "set", port, "master", "br0", "up")
+            in_ns(name, "ip", "addr", "add", f"{address}/24", "dev", DEVICE)
+            in_ns(name, "ip", "link", "set", DEVICE, "up")
+
+    def underlay(self, kind: str, gro: bool, loss: float) -> None:
+        """Make the underlay a wire ("wire": cut in software) or leave GSO buffers whole ("veth")."""
+        on = kind != "wire"
+        for ns, device in [(self.switch, port) for port in self.ports] + [(name, DEVICE) for name in self.names]:
+            features = [word for feature in wire.OFFLOADS for word in (feature, "on" if on else "off")]
+            in_ns(ns, "ethtool", "-K", device, *features)
+        for name in self.names:
+            for argv in wire.receive_gro(DEVICE, gro):
+                in_ns(name, *argv)
+        in_ns(self.switch, *wire.no_loss()[0], check=False)
+        if loss:
+            for argv in wire.loss(loss):
+                in_ns(self.switch, *argv)
 
     def spawn(self, ns: str, *argv: str, log: Optional[str] = None) -> subprocess.Popen:
         out = open(os.path.join(self.workdir, log), "w") if log else subprocess.DEVNULL
@@ -84,7 +112,7 @@ class Hosts:
     def close(self) -> None:
         for proc in self.processes:
             self.stop(proc)
-        for name in self.names:
+        for name in self.names + (self.switch,):
             sh("ip", "netns", "del", name, check=False)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -150,19 +178,11 @@ def measure(hosts: Hosts, server: str, source: Optional[str], seconds: int, runt
     return result
 
 
-def measure_lossy(hosts: Hosts, server: str, source: Optional[str], seconds: int, loss: float,
-                  runtimes: List[int] = ()) -> Dict[str, float]:
-    """TCP and RTT with a share of the underlay's UDP packets dropped at the receiving host."""
-    rule = ["PREROUTING", "-i", "fbench0", "-p", "udp", "-m", "statistic", "--mode", "random",
-            "--probability", str(loss), "-j", "DROP"]
-    # In the raw table, before reassembly: each lost fragment costs its whole datagram,
-    # as it would on a real network. (INPUT would see whole datagrams only.)
-    in_ns(hosts.names[1], "iptables", "-t", "raw", "-A", *rule)
-    try:
-        result = {"rtt_ms": ping_rtt(hosts, server, source)}
-        result.update(tcp(hosts, server, seconds, runtimes))
-    finally:
-        in_ns(hosts.names[1], "iptables", "-t", "raw", "-D", *rule, check=False)
+def measure_tcp(hosts: Hosts, server: str, source: Optional[str], seconds: int,
+                runtimes: List[int] = ()) -> Dict[str, float]:
+    """TCP and RTT only (the loss runs)."""
+    result = {"rtt_ms": ping_rtt(hosts, server, source)}
+    result.update(tcp(hosts, server, seconds, runtimes))
     return result
 
 
@@ -172,7 +192,7 @@ def measure_lossy(hosts: Hosts, server: str, source: Optional[str], seconds: int
 def setup_vxlan(hosts: Hosts) -> None:
     for i, name in enumerate(hosts.names):
         in_ns(name, "ip", "link", "add", "fbenchvx", "type", "vxlan", "id", str(VXLAN_ID), "dstport", str(VXLAN_PORT),
-              "local", UNDERLAY[i], "remote", UNDERLAY[1 - i], "dev", "fbench0")
+              "local", UNDERLAY[i], "remote", UNDERLAY[1 - i], "dev", DEVICE)
         in_ns(name, "ip", "addr", "add", f"{VXLAN[i]}/24", "dev", "fbenchvx")
         in_ns(name, "ip", "link", "set", "fbenchvx", "up")
 
@@ -234,7 +254,7 @@ COLUMNS = [
 
 
 def render(results: Dict[str, Dict[str, float]]) -> str:
-    """One row per path; each TCP figure's ratio to VXLAN under the same loss."""
+    """One row per path and underlay; each TCP figure's ratio to VXLAN on the same underlay."""
     header = ["path"] + [title for title, _, _ in COLUMNS]
     rows = [header]
     for path, figures in results.items():
@@ -247,31 +267,49 @@ def render(results: Dict[str, Dict[str, float]]) -> str:
                      for row in rows)
 
 
-def run(seconds: int, paths: List[str], loss: float) -> Dict[str, Dict[str, float]]:
+# The underlays, in the order they are measured: (name, kind, receive GRO, with --loss).
+UNDERLAYS = {
+    "wire": ("wire", False, False),
+    "wire-gro": ("wire", True, False),
+    "wire-loss": ("wire", True, True),
+    "veth": ("veth", False, False),
+}
+
+
+def run(seconds: int, paths: List[str], loss: float, underlays: List[str]) -> Dict[str, Dict[str, float]]:
     hosts = Hosts(f"fb{os.getpid() % 10000}")
     results: Dict[str, Dict[str, float]] = {}
-    lossy = f" {loss:.0%} loss"
     try:
         hosts.build()
-        if "underlay" in paths:
-            results["underlay"] = measure(hosts, UNDERLAY[1], None, seconds)
-        if "vxlan" in paths:
-            setup_vxlan(hosts)
-            results["vxlan"] = measure(hosts, VXLAN[1], None, seconds)
-            if loss:
-                results["vxlan" + lossy] = measure_lossy(hosts, VXLAN[1], None, seconds, loss)
-            teardown_vxlan(hosts)
-        for mode in (m for m in MODES if m in paths):
-            procs = start_flannelette(hosts, mode)
-            pids = [proc.pid for proc in procs]  # ip netns exec execs the runtime: same PID
-            results[mode] = measure(hosts, OVERLAY[1], OVERLAY[0], seconds, pids)
-            if loss:
-                results[mode + lossy] = measure_lossy(hosts, OVERLAY[1], OVERLAY[0], seconds, loss, pids)
-            for proc in procs:
-                hosts.stop(proc)
+        setup_vxlan(hosts)
+        for name in underlays:
+            kind, gro, lossy = UNDERLAYS[name]
+            if lossy and not loss:
+                continue
+            hosts.underlay(kind, gro, loss if lossy else 0.0)
+            label = f"{name} {loss:.0%}" if lossy else name
+            measure_one = measure_tcp if lossy else measure
+            if "underlay" in paths and not lossy:
+                results[f"underlay {label}"] = measure(hosts, UNDERLAY[1], None, seconds)
+            if "vxlan" in paths:
+                results[f"vxlan {label}"] = measure_one(hosts, VXLAN[1], None, seconds)
+            for mode in (m for m in MODES if m in paths):
+                procs = start_flannelette(hosts, mode)
+                pids = [proc.pid for proc in procs]  # ip netns exec execs the runtime: same PID
+                results[f"{mode} {label}"] = measure_one(hosts, OVERLAY[1], OVERLAY[0], seconds, pids)
+                for proc in procs:
+                    hosts.stop(proc)
     finally:
         hosts.close()
     return results
+
+
+def cpu_model() -> str:
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} CPUs"
+    return f"{os.uname().machine}, {os.cpu_count()} CPUs"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -281,13 +319,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--paths", default="underlay,vxlan," + ",".join(MODES),
                         help="which paths, comma-separated (default: all: underlay, vxlan, fast, flannel)")
     parser.add_argument("--loss", type=float, default=0.01,
-                        help="share of underlay packets dropped in the loss runs; 0 skips them (default 0.01)")
+                        help="share of underlay datagrams dropped in the wire-loss runs; 0 skips them (default 0.01)")
+    parser.add_argument("--underlays", default=",".join(UNDERLAYS),
+                        help=f"which underlays, comma-separated, in this order (default: {','.join(UNDERLAYS)})")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
-    if os.geteuid() != 0 or not shutil.which("iperf3") or not shutil.which("iptables"):
-        print("bench needs root, iperf3 and iptables (apt-get install iperf3 iptables)", file=sys.stderr)
+    missing = [tool for tool in ("iperf3", "ethtool", "nft") if not shutil.which(tool)]
+    if os.geteuid() != 0 or missing:
+        print("bench needs root, iperf3, ethtool and nft (apt-get install iperf3 ethtool nftables)", file=sys.stderr)
         return 2
-    results = run(args.seconds, args.paths.split(","), args.loss)
+    results = run(args.seconds, args.paths.split(","), args.loss, args.underlays.split(","))
+    print(f"# {cpu_model()}")
     print(render(results))
     if args.json:
         with open(args.json, "w") as f:

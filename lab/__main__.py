@@ -22,6 +22,9 @@ def parse_args(argv):
     up.add_argument("--hosts", type=int, default=DEFAULT_HOSTS,
                     help="number of hosts (default: %(default)s)")
     up.add_argument("--inventory", help="where to write the pyinfra inventory")
+    up.add_argument("--underlay", choices=("wire", "veth"), default="wire",
+                    help="wire (default): the hosts' links cut datagrams in software and join them on receipt, as "
+                         "real NICs do; veth: GSO buffers cross whole")
     sub.add_parser("down", help="remove everything up made (keeps the rootfs cache)")
     sub.add_parser("status", help="list hosts and whether sshd answers")
     ssh = sub.add_parser("ssh", help="run a command on a host: ssh node2 -- CMD")
@@ -74,7 +77,7 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         lab = Lab(name=args.name, network=args.network,
-                  inventory_path=getattr(args, "inventory", None))
+                  inventory_path=getattr(args, "inventory", None), underlay=getattr(args, "underlay", "wire"))
         return COMMANDS[args.command](lab, args)
     except (LabError, OSError) as err:  # OSError: a full disk, a vanished file
         print(f"lab: {err}", file=sys.stderr)

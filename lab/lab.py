@@ -36,8 +36,9 @@ class Lab:
 
     def __init__(self, name=DEFAULT_NAME, network=DEFAULT_NETWORK,
                  state_dir=None, inventory_path=None, boot_timeout=120,
-                 log=print):
+                 log=print, underlay="wire"):
         self.plan = make_plan(name, network)
+        self.underlay = underlay  # "wire" (lab.wire) or "veth": how the hosts' links carry datagrams
         self.name = name
         base = Path(os.environ.get("FLANNELETTE_LAB_STATE", DEFAULT_STATE))
         self.state_dir = Path(state_dir) if state_dir else base / name
@@ -134,7 +135,7 @@ class Lab:
         hdir = hostmod.host_dir(self.state_dir, host)
         state["hosts"][host.name] = {"pid": None, "started": None}
         self._save(state)  # recorded before it exists, so `down` finds it
-        network.ensure_host_link(self.plan, host)
+        network.ensure_host_link(self.plan, host, self.underlay)
         root = hostmod.mount_layer(lower, hdir, f"flannelette-lab-{host.netns}")
         hostmod.personalise(root, host, ssh.public_key(self.key_path))
         pid, started = hostmod.start(host, root, self._console_log(host))

@@ -4,12 +4,18 @@ Each host's namespace has one interface, eth0, with its lab address and no
 default route: hosts reach each other and the lab machine, nothing else. The
 lab sets eth0 up before the host boots and nothing in the guest manages it,
 so the address survives the guest's boot.
+
+By default the network behaves like a wire (lab.wire): segmentation offloads
+off on each host's eth0 and its bridge port, so datagrams are cut in software
+before they cross, and receive GRO on at eth0, as on a host with a real NIC.
 """
 
 import ipaddress
 
-from . import shell
+from . import shell, wire
 from .errors import LabError
+
+UNDERLAYS = wire.MODES
 
 
 def link_exists(name, netns=None):
@@ -57,8 +63,8 @@ def remove_bridge(plan):
         shell.run(["ip", "link", "del", plan.bridge])
 
 
-def ensure_host_link(plan, host):
-    """The host's namespace, and a veth from the bridge to its eth0."""
+def ensure_host_link(plan, host, underlay="wire"):
+    """The host's namespace, and a veth from the bridge to its eth0 (a wire-like one unless `underlay` is "veth")."""
     if host.netns not in netns_list():
         shell.run(["ip", "netns", "add", host.netns])
     if not link_exists(host.veth):
@@ -69,6 +75,11 @@ def ensure_host_link(plan, host):
     shell.run(inside + ["addr", "replace", host.cidr, "dev", "eth0"])
     shell.run(inside + ["link", "set", "eth0", "up"])
     shell.run(inside + ["link", "set", "lo", "up"])
+    if underlay == "wire":
+        for argv in wire.cut_in_software(host.veth):
+            shell.run(argv)
+        for argv in wire.cut_in_software("eth0") + wire.receive_gro("eth0", True):
+            shell.run(["ip", "netns", "exec", host.netns] + argv)
 
 
 def remove_host_link(host):

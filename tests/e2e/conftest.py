@@ -19,7 +19,7 @@ def missing_for_lab():
         reasons.append("not root")
     for tool, package in (("debootstrap", "debootstrap"),
                           ("systemd-nspawn", "systemd-container"),
-                          ("ip", "iproute2"), ("ssh-keygen", "openssh-client")):
+                          ("ip", "iproute2"), ("ssh-keygen", "openssh-client"), ("ethtool", "ethtool")):
         if shutil.which(tool) is None:
             reasons.append(f"{tool} missing (apt-get install {package})")
     if not os.path.exists("/dev/net/tun"):

@@ -40,8 +40,8 @@ def peer_format(host, peer):
 
 
 def confirmed(a, b):
-    return eventually(lambda: peer_format(a, b) == ("segments", "confirmed") and
-                      peer_format(b, a) == ("segments", "confirmed"), timeout=10)
+    return eventually(lambda: peer_format(a, b) == ("fast", "confirmed") and
+                      peer_format(b, a) == ("fast", "confirmed"), timeout=10)
 
 
 def test_two_flannelette_hosts_agree_on_segments_and_carry_tcp(cluster, pair):
@@ -53,7 +53,7 @@ def test_two_flannelette_hosts_agree_on_segments_and_carry_tcp(cluster, pair):
     assert end["sum_received"]["bytes"] > 10_000_000
     assert end["sum_sent"]["retransmits"] < 50
     assert a.drops("malformed") == 0 and b.drops("malformed") == 0
-    assert "segments format" in a.log()
+    assert "fast format" in a.log()
 
 
 def test_backend_wire_flannel_keeps_flannelette_hosts_on_flannels_format_and_asks_nothing(cluster):
@@ -114,7 +114,7 @@ def test_peers_come_and_go_without_disturbing_a_stream_in_segments(cluster, pair
     cluster.write_leases(cluster.hosts, extra=[flanneld])  # a flanneld host joins: it alone gets flannel's format
     for host in pair:
         host.reload()
-    assert peer_format(a, b) == ("segments", "confirmed")
+    assert peer_format(a, b) == ("fast", "confirmed")
     cluster.write_leases(cluster.hosts)  # and leaves
     for host in pair:
         host.reload()
@@ -123,4 +123,4 @@ def test_peers_come_and_go_without_disturbing_a_stream_in_segments(cluster, pair
     end = json.loads(out)["end"]
     assert end["sum_received"]["bytes"] > 10_000_000
     assert a.metric("reloads_total", result="ok") == 2
-    assert peer_format(a, b) == ("segments", "confirmed")
+    assert peer_format(a, b) == ("fast", "confirmed")

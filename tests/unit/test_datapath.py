@@ -52,7 +52,7 @@ class Rig:
         message = exchange.decode(data, len(data))
         assert message is not None and message.kind == formats.HELLO, data
         self.peer.sendto(exchange.encode(formats.ANSWER, TAKES_ALL, message.nonce, "peer"), ("127.0.0.1", self.port))
-        assert eventually(lambda: self.path.table.peer_at("127.0.0.2").format == formats.SEGMENTS)
+        assert eventually(lambda: self.path.table.peer_at("127.0.0.2").format == formats.FAST)
         return message
 
     def tun_send(self, data, header=bytes(VNET_HDR_LEN)):

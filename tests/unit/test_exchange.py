@@ -13,7 +13,7 @@ from flannelette.model.config import Lease
 OWN = Lease("a", IPv4Network("10.244.1.0/24"), IPv4Address("192.168.60.11"))
 PEER = Lease("b", IPv4Network("10.244.2.0/24"), IPv4Address("192.168.60.12"))
 FLANNELD = Lease("f", IPv4Network("10.244.3.0/24"), IPv4Address("192.168.60.13"), wire="flannel")
-ALL = formats.mask(formats.FLANNEL, formats.FRAMES, formats.SEGMENTS)
+ALL = formats.mask(formats.FLANNEL, formats.FRAMES, formats.FAST)
 
 
 class Side:
@@ -67,7 +67,7 @@ def test_an_answer_with_our_nonce_confirms_and_switches_to_segments():
     assert not side.ex.on_answer(peer, exchange.Message(formats.ANSWER, ALL, hello.nonce + 1, "x"), 0.1)
     assert peer.format == formats.FLANNEL
     assert side.ex.on_answer(peer, exchange.Message(formats.ANSWER, ALL, hello.nonce, "0.2.0"), 0.1)
-    assert peer.format == formats.SEGMENTS and side.changes == [("b", formats.SEGMENTS)]
+    assert peer.format == formats.FAST and side.changes == [("b", formats.FAST)]
     assert peer.exchange.release == "0.2.0"
     assert not side.ex.on_answer(peer, exchange.Message(formats.ANSWER, ALL, hello.nonce, "0.2.0"), 0.2)  # a replay
 
@@ -82,7 +82,7 @@ def test_two_hosts_find_each_other_whoever_starts_first():
     (_, back), = b.hellos(5.0)
     reply = a.ex.on_hello(a.peer("b"), back, 5.0)
     assert b.ex.on_answer(b.peer("a"), exchange.decode(reply, len(reply)), 5.0)
-    assert a.peer("b").format == b.peer("a").format == formats.SEGMENTS
+    assert a.peer("b").format == b.peer("a").format == formats.FAST
 
 
 def test_a_confirmed_peer_is_asked_again_and_dropped_to_flannels_format_when_it_stops_answering():
@@ -93,7 +93,7 @@ def test_a_confirmed_peer_is_asked_again_and_dropped_to_flannels_format_when_it_
     assert side.hellos(exchange.REFRESH - 1) == []
     refresh = side.hellos(exchange.REFRESH + exchange.JITTER)
     assert [h for h, _ in refresh] == ["b"] and refresh[0][1].nonce != hello.nonce
-    assert peer.format == formats.SEGMENTS  # kept while it is asked
+    assert peer.format == formats.FAST  # kept while it is asked
     for t in (1, 2, 3):
         side.hellos(exchange.REFRESH + exchange.JITTER + t)
     assert peer.format == formats.FLANNEL and peer.exchange.state == exchange.SILENT

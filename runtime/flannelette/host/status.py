@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
@@ -52,7 +53,7 @@ def summarise(address: str, ready: bool, page: str) -> str:
         f"  dropped     {_drops(by_name)}",
         f"  reloads     {_reloads(by_name)}",
     ]
-    return "\n".join(lines + _peer_lines(by_name))
+    return "\n".join(lines + _peer_lines(by_name, time.time()))
 
 
 def _value(by_name, name: str, **match) -> float:
@@ -73,16 +74,33 @@ def _reloads(by_name) -> str:
     return ", ".join(f"{labels['result']} {v:.0f}" for labels, v in by_name.get("reloads_total", ())) or "none"
 
 
-def _peer_lines(by_name) -> List[str]:
-    peers: Dict[tuple, Dict[str, float]] = defaultdict(dict)
+def _peer_lines(by_name, now: float) -> List[str]:
+    peers: Dict[tuple, Dict[str, str]] = defaultdict(dict)
     for labels, value in by_name.get("peer_packets_total", ()):
-        peers[(labels["peer"], labels["subnet"], labels["public_ip"])][labels["direction"]] = value
+        peers[(labels["peer"], labels["subnet"], labels["public_ip"])][labels["direction"]] = f"{value:.0f}"
+    for labels, _ in by_name.get("peer_info", ()):
+        row = peers[(labels["peer"], labels["subnet"], labels["public_ip"])]
+        row["format"], row["exchange"], row["release"] = labels["format"], labels["exchange"], labels.get("release", "")
+    heard = {labels["peer"]: value for labels, value in by_name.get("peer_last_heard_timestamp_seconds", ())}
     if not peers:
         return ["  peers       none"]
-    rows = [("PEER", "SUBNET", "PUBLIC IP", "TX PACKETS", "RX PACKETS")]
-    rows += [(p, s, ip, f"{c.get('tx', 0):.0f}", f"{c.get('rx', 0):.0f}") for (p, s, ip), c in sorted(peers.items())]
+    rows = [("PEER", "SUBNET", "PUBLIC IP", "FORMAT", "EXCHANGE", "RELEASE", "HEARD", "TX PACKETS", "RX PACKETS")]
+    for (peer, subnet, public_ip), row in sorted(peers.items()):
+        rows.append((peer, subnet, public_ip, row.get("format", "?"), row.get("exchange", "?"), row.get("release") or "-",
+                     _ago(now, heard.get(peer)), row.get("tx", "0"), row.get("rx", "0")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return [""] + ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def _ago(now: float, when) -> str:
+    if when is None:
+        return "never"
+    seconds = max(0.0, now - when)
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.0f}h ago"
 
 
 def main(args) -> int:

@@ -18,7 +18,7 @@ from itertools import groupby
 
 from flannelette.host.datapath.coalesce import TCP_ACK, TCP_PSH
 from flannelette.host.datapath.vnet import IPPROTO_TCP, IPPROTO_UDP
-from flannelette.host.datapath.packet import CHECKSUM, IPV4_HEADER_LEN, check_after_ttl
+from flannelette.host.datapath.packet import CHECKSUM, IPV4_FIELDS, IPV4_HEADER_LEN, WORD, check_after_ttl
 
 # What one packet of a run gives, in words that must match across a run that
 # joins: version, TOS and length; fragment field, TTL and protocol; then the
@@ -62,6 +62,11 @@ def run_layout(count: int, stride: int, headers: int) -> struct.Struct:
 @lru_cache(maxsize=512)
 def _headers_layout(count: int, stride: int, length: int) -> struct.Struct:
     return struct.Struct(f"{length}s{stride - length}x" * (count - 1) + f"{length}s")
+
+
+def unpack_headers(view, start: int, count: int, stride: int, length: int) -> tuple:
+    """The first `length` bytes of each of `count` slots `stride` apart from `start`, as bytes."""
+    return _headers_layout(count, stride, length).unpack_from(view, start)
 
 
 def same_headers(view, count: int, size: int, length: int, expected=None) -> bool:
@@ -111,6 +116,47 @@ def completable(fields, size: int) -> bool:
         return True
     offsets = fields[OFF_FLAGS::WIDTH]
     return middle & 0xFF == IPPROTO_TCP and min(offsets) >> 12 >= 5 and 20 + (max(offsets) >> 12) * 4 <= size
+
+
+@lru_cache(maxsize=512)
+def _uniform_layout(count: int, stride: int, headers: int) -> struct.Struct:
+    # Per packet: the bytes before the TCP sequence number, the number, the bytes after it up to the payload.
+    one = f"{UNIFORM_SEQ_AT}sI{headers - UNIFORM_SEQ_AT - 4}s"
+    return struct.Struct("!" + f"{one}{stride - headers}x" * (count - 1) + one)
+
+
+UNIFORM_SEQ_AT = 24  # an IPv4 header without options, then TCP's ports
+
+
+def uniform_run(view, ip: int, count: int, stride: int, size: int, shift: int, source_key: int, own_key: int) -> int:
+    """The payload of each packet when the run is consecutive full segments of one TCP flow with headers the same
+    to the byte but for the sequence number, the first of which passes the inbound rule; else 0.
+
+    What the sender's cut (flannelette.host.datapath.segments) makes of a
+    super-packet: one header for all full segments. A faster way to the same
+    verdict as valid_run and joining_payload for such a run, which a property
+    test holds it to; anything else (plain segments of a kernel's TSO, whose IP
+    IDs and checksums differ) is left to them.
+    """
+    if count < 2 or size < MIN_SIZE or view[ip] != 0x45 or view[ip + 9] != IPPROTO_TCP:
+        return 0
+    headers = 20 + (view[ip + 32] >> 4) * 4
+    payload = size - headers
+    if headers < MIN_SIZE or payload <= 0:
+        return 0
+    fields = _uniform_layout(count, stride, headers).unpack_from(view, ip)
+    before, seqs, after = fields[0::3], fields[1::3], fields[2::3]
+    seq = seqs[0]
+    end = seq + count * payload
+    if before.count(before[0]) != count or after.count(after[0]) != count or end > SEQ_SPACE \
+            or seqs != tuple(range(seq, end, payload)):
+        return 0
+    ver_ihl, total, ttl, _, source, destination = IPV4_FIELDS.unpack_from(view, ip)
+    if total != size or ttl <= 1 or source >> shift != source_key or destination >> shift != own_key:
+        return 0
+    if WORD.unpack_from(view, ip + 6)[0] & 0x3FFF or view[ip + 33] not in JOINING_FLAGS:
+        return 0
+    return payload
 
 
 def _joining_words(off_flags: int):

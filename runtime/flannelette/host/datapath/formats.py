@@ -6,7 +6,8 @@
 | 0x00..0x02 (virtio flags byte) | frames: the fast format of flannelette 0.1, received only   |
 | 0x01..0x04, then 0, 0, 0       | WireGuard's four message types (the encrypted format)       |
 | 0xF1, 0xF2                     | the capability exchange: hello, answer (flannelette.host.datapath.exchange) |
-| 0xF3                           | segments: a 4-byte header, then one IPv4 packet whose TCP or UDP checksum the receiver's kernel completes |
+| 0xF3                           | a segment: a 4-byte header, then one IPv4 packet whose TCP or UDP checksum the receiver's kernel completes |
+| 0xF4                           | a train: one of the datagrams a larger frame was cut into (flannelette.host.datapath.trains) |
 
 A flanneld host writes whatever arrives into its TUN device, which refuses
 anything whose first nibble is not 4 or 6: every byte above stays clear of
@@ -15,14 +16,15 @@ both, so a stray datagram there is refused, never injected.
 
 from __future__ import annotations
 
-# Format versions, as the capability exchange carries them (one bit each).
-FLANNEL, FRAMES, SEGMENTS = 0, 1, 2
-NAMES = {FLANNEL: "flannel", FRAMES: "frames", SEGMENTS: "segments"}
+# Format versions, as the capability exchange carries them (one bit each). The
+# fast format is segments for what fits a datagram and trains for what does not.
+FLANNEL, FRAMES, FAST = 0, 1, 2
+NAMES = {FLANNEL: "flannel", FRAMES: "frames", FAST: "fast"}
 # What this release sends when both ends take it, best first. Frames are only
 # received: they need every datagram of a super-packet to arrive in one read.
-SENDABLE = (SEGMENTS, FLANNEL)
+SENDABLE = (FAST, FLANNEL)
 
-HELLO, ANSWER, SEGMENT = 0xF1, 0xF2, 0xF3
+HELLO, ANSWER, SEGMENT, TRAIN = 0xF1, 0xF2, 0xF3, 0xF4
 NAMES_OF_MESSAGES = {HELLO: "hello", ANSWER: "answer"}
 PLAIN_LOW, PLAIN_HIGH = 0x45, 0x4F  # version 4, header length 5..15 words
 FRAME_FLAGS = (0, 1, 2)  # virtio_net_hdr flags: none, NEEDS_CSUM, DATA_VALID

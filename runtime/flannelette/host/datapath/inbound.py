@@ -19,7 +19,7 @@ import os
 import socket
 from typing import Iterator
 
-from flannelette.host.datapath import batch, exchange, formats, frames, packet, segments
+from flannelette.host.datapath import batch, exchange, formats, frames, packet, segments, trains
 from flannelette.host.datapath.coalesce import HEADERS, Coalescer, finish_gso
 from flannelette.host.datapath.packet import CHECKSUM, IPV4_FIELDS
 from flannelette.host.datapath.vnet import PLAIN, VNET_HDR_LEN
@@ -79,6 +79,8 @@ class Inbound:
                     tail = lengths[j]
                 self._deliver(view, i * slot, j - i, slot, n, tail, peer, now)
                 i = j + (1 if tail else 0)
+            if self._waiting_trains:
+                self._keep_waiting_trains(now)
             yield True
 
     # -- a run ---------------------------------------------------------------------
@@ -86,9 +88,14 @@ class Inbound:
     def _deliver(self, view, start: int, count: int, stride: int, size: int, tail: int, peer, now: float) -> None:
         """`count` datagrams of `size` bytes, `stride` apart from `start`, then maybe one of `tail` bytes, from `peer`."""
         first = view[start]
+        if first == formats.TRAIN and peer.frames is None:
+            if peer.format != formats.FAST:
+                self.exchanges.on_segments(peer, now)
+            self._deliver_train(view, start, count, stride, size, tail, peer, now)
+            return
         if peer.frames is None and (first == 0x45 or first == formats.SEGMENT):
             at = SEGMENT_AT if first == formats.SEGMENT else 0
-            if at and peer.format != formats.SEGMENTS:
+            if at and peer.format != formats.FAST:
                 self.exchanges.on_segments(peer, now)
             if count == 1 and not tail:
                 if self._deliver_one(view, start, size, at, peer):
@@ -135,25 +142,34 @@ class Inbound:
             return False
         ip = start + at
         table = self.table
-        fields = batch.unpack_run(view, ip, count, stride, inner)
-        if not batch.valid_run(fields, count, inner, table.shift, peer.key, table.own_key):
-            return False
-        if at and not batch.completable(fields, inner):
-            return False
+        payload = batch.uniform_run(view, ip, count, stride, inner, table.shift, peer.key, table.own_key)
+        uniform = bool(payload)
+        if uniform:  # one flow's full segments under one header: the common case, checked in a few calls
+            parts = [(0, count, payload)]
+            fields = batch.unpack_run(view, ip, 1, stride, inner)  # the first's, which stand for all
+        else:
+            fields = batch.unpack_run(view, ip, count, stride, inner)
+            if not batch.valid_run(fields, count, inner, table.shift, peer.key, table.own_key):
+                return False
+            if at and not batch.completable(fields, inner):
+                return False
+            parts = None
+            if batch.may_join(fields, count, inner):
+                parts = batch.joins(fields, count, inner)
+                if parts is None:
+                    return False  # TCP data that does not join whole: the per-packet path joins what parts do
         full_end = start + count * stride
         joined = False
-        if batch.may_join(fields, count, inner):
-            parts = batch.joins(fields, count, inner)
-            if parts is None:
-                return False  # TCP data that does not join whole: the per-packet path joins what parts do
+        if parts is not None:
             first, n, payload = parts[-1]
-            part = fields[first * batch.WIDTH:]
+            part = fields[first * batch.WIDTH:first * batch.WIDTH + batch.WIDTH]
             joined = bool(tail) and tail > at and (not at or view[full_end:full_end + at] == SEGMENT_HEADER) \
                 and batch.continues(view, full_end + at, tail - at, inner - payload, part, n, payload)
             for first, n, payload in parts:
                 last = first + n == count
-                self._write_joined(view, ip + first * stride, n, stride, inner - payload, payload,
-                                   fields[first * batch.WIDTH:(first + n) * batch.WIDTH],
+                push = bool(view[ip + 33] & batch.TCP_PSH) if uniform else \
+                    batch.any_push(fields[first * batch.WIDTH:(first + n) * batch.WIDTH])
+                self._write_joined(view, ip + first * stride, n, stride, inner - payload, payload, push,
                                    full_end + at if joined and last else 0, tail - at if joined and last else 0, at)
         else:
             batch.decrement_ttls(view, ip, fields[batch.CHECK::batch.WIDTH], count, stride)
@@ -168,7 +184,7 @@ class Inbound:
             self._deliver_each(view, full_end, 1, stride, tail, 0, peer, self.clock())
         return True
 
-    def _write_joined(self, view, ip: int, count: int, stride: int, headers: int, payload: int, fields,
+    def _write_joined(self, view, ip: int, count: int, stride: int, headers: int, payload: int, push: bool,
                       tail_ip: int, tail_len: int, at: int) -> None:
         """Write `count` segments of one flow, `stride` apart from `ip` (and the shorter one at `tail_ip`), as one packet."""
         if count == 1 and not tail_len:  # nothing to join: as it came, TTL aside
@@ -177,7 +193,7 @@ class Inbound:
             self._writev_tun([header, view[ip:ip + headers + payload]])
             return
         iov = batch.payloads(view, ip, count, stride, headers, headers + payload)
-        last, length, push = ip + (count - 1) * stride, headers + count * payload, batch.any_push(fields)
+        last, length = ip + (count - 1) * stride, headers + count * payload
         if tail_len:
             iov.append(view[tail_ip + headers:tail_ip + tail_len])
             last, length = tail_ip, length + tail_len - headers
@@ -218,6 +234,9 @@ class Inbound:
                     self._drop(problem, "%d bytes (segment) from %s", n, peer.host)
                 else:
                     self._deliver_plain(view, position + SEGMENT_AT, n - SEGMENT_AT, SEGMENT_AT, peer, coalescer)
+            elif first == formats.TRAIN:
+                coalescer.flush()
+                self._train_datagram(view, position, n, peer, now)
             elif first == formats.HELLO or first == formats.ANSWER:
                 self._exchange(view[position:position + n], n, peer, now)
             elif formats.is_frame(first):
@@ -250,6 +269,91 @@ class Inbound:
         counts = peer.counts
         counts.rx_packets += 1
         counts.rx_bytes += n
+
+    # -- trains ------------------------------------------------------------------------
+
+    def _deliver_train(self, view, start: int, count: int, stride: int, size: int, tail: int, peer, now: float) -> None:
+        """A run of a train's datagrams; a whole train in it (a UDP_GRO read, a veth) goes in without a copy."""
+        items = count + (1 if tail else 0)
+        if peer.train is None and count >= 1 and items <= trains.MAX_DATAGRAMS:
+            heads = batch.unpack_headers(view, start, count, stride, trains.HEADER_LEN)
+            if tail:
+                heads += (bytes(view[start + count * stride:start + count * stride + trains.HEADER_LEN]),)
+            frame = heads[0][1]
+            if heads == trains.whole_heads(frame, items) and size >= trains.HEADER_LEN + trains.MIN_CHUNK:
+                train = trains.Assembly(frame, items, now)
+                train.chunk = size - trains.HEADER_LEN
+                parts = batch.payloads(view, start, count, stride, trains.HEADER_LEN, size)
+                if tail:
+                    parts.append(view[start + count * stride + trains.HEADER_LEN:start + count * stride + tail])
+                train.parts, train.held = parts, items
+                self._deliver_whole_train(train, peer)
+                return
+        for position, n in [(start + i * stride, size) for i in range(count)] + (
+                [(start + count * stride, tail)] if tail else []):
+            self._train_datagram(view, position, n, peer, now)
+
+    def _train_datagram(self, view, position: int, n: int, peer, now: float) -> None:
+        """One datagram of a train, into the peer's assembly; the train goes in when whole."""
+        problem = trains.datagram_problem(view[position:position + n], n)
+        if problem is not None:
+            self._drop(problem, "%d bytes from %s: not a datagram of a train", n, peer.host)
+            return
+        _, frame, index, count = trains.HEADER.unpack_from(view, position)
+        train = peer.train
+        if train is not None and (train.frame != frame or train.count != count or now - train.started > trains.MAX_AGE):
+            self._give_up_train(peer)
+            train = None
+        if train is None:
+            train = peer.train = trains.Assembly(frame, count, now)
+            self._waiting_trains.add(peer)
+        if not train.add(index, view[position + trains.HEADER_LEN:position + n]):
+            self._drop(trains.BAD_TRAIN, "%d bytes from %s: datagram %d of train %d again, or of a size not its own",
+                       n, peer.host, index, frame)
+            return
+        if train.whole():
+            peer.train = None
+            self._waiting_trains.discard(peer)
+            self._deliver_whole_train(train, peer)
+
+    def _deliver_whole_train(self, train, peer) -> None:
+        got = train.frame_parts()
+        if got is None:
+            self._drop(trains.BAD_TRAIN, "a train of %d datagrams from %s whose sizes do not add up", train.count,
+                       peer.host)
+            return
+        pieces, length = got
+        first = pieces[0]
+        if not isinstance(first, memoryview) or first.readonly:
+            first = pieces[0] = memoryview(bytearray(first))
+        problem = frames.problem(first, length, self.mtu) or self.table.sender_problem(peer, first[VNET_HDR_LEN:])
+        if problem is None and first[VNET_HDR_LEN + 8] <= 1:
+            problem = packet.TTL_EXPIRED
+        if problem is not None:
+            self._drop(problem, "%d bytes (a train) from %s", length, peer.host)
+            return
+        packet.decrement_ttl(first[VNET_HDR_LEN:])  # in the one header the kernel copies into every segment
+        if self._writev_tun(pieces):
+            counts = peer.counts
+            counts.rx_packets += train.count
+            counts.rx_bytes += length - VNET_HDR_LEN
+
+    def _give_up_train(self, peer) -> None:
+        """A train that will not be whole: what came of it goes in, in pieces around its gaps."""
+        train, peer.train = peer.train, None
+        self._waiting_trains.discard(peer)
+        self._drop(trains.TRAIN_INCOMPLETE, "a train from %s lost %d of its %d datagrams", peer.host,
+                   train.count - train.held, train.count)
+        for piece in train.salvage():
+            self._deliver_frame(memoryview(piece), len(piece), peer, train.started)
+
+    def _keep_waiting_trains(self, now: float) -> None:
+        """Before the receive buffer is read into again: what waiting trains hold of it, copied; stale ones given up."""
+        for peer in list(self._waiting_trains):
+            if now - peer.train.started > trains.MAX_AGE:
+                self._give_up_train(peer)
+            else:
+                peer.train.keep()
 
     def _deliver_frame(self, frame, n: int, peer, now: float) -> None:
         """A whole frame of the previous release: checked, written into the TUN device as it came, TTL aside."""

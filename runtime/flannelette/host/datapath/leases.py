@@ -38,7 +38,7 @@ class Peer:
     """
 
     __slots__ = ("host", "subnet", "public_ip", "address", "ip", "key", "counts", "marked_flannel",
-                 "format", "exchange", "heard", "frames")
+                 "format", "exchange", "heard", "frames", "train")
 
     def __init__(self, host: str, subnet: IPv4Network, public_ip: IPv4Address, port: int, marked_flannel: bool = False):
         self.host, self.subnet, self.public_ip = host, subnet, public_ip
@@ -51,6 +51,7 @@ class Peer:
         self.exchange = None  # flannelette.host.datapath.exchange.Exchange, set by the exchange
         self.heard: Optional[float] = None
         self.frames = None  # reassembly of the previous release's frames (flannelette.host.datapath.frames)
+        self.train = None  # the train from it not yet whole (flannelette.host.datapath.trains)
 
     @property
     def identity(self) -> Tuple[str, IPv4Network, IPv4Address, int, bool]:

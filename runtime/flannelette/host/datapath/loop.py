@@ -21,7 +21,7 @@ from ipaddress import IPv4Address
 from typing import Callable, Dict, List, Optional
 
 from flannelette import __version__
-from flannelette.host.datapath import formats, frames, inbound, outbound, packet, segments
+from flannelette.host.datapath import formats, frames, inbound, outbound, packet, segments, trains
 from flannelette.host.datapath.exchange import Exchanges
 from flannelette.host.datapath.inbound import Inbound
 from flannelette.host.datapath.leases import Counts, LeaseTable
@@ -32,10 +32,11 @@ from flannelette.host.ratelimit import RateLimitedLog
 log = logging.getLogger("flannelette.host.datapath")
 
 DROP_REASONS = (packet.DROP_REASONS + outbound.DROP_REASONS + inbound.DROP_REASONS + segments.DROP_REASONS
-                + frames.DROP_REASONS)
+                + trains.DROP_REASONS + frames.DROP_REASONS)
 # What this host takes: every format it knows, or, where the network is on flannel's format, flannel's only.
-TAKES_ALL = formats.mask(formats.FLANNEL, formats.FRAMES, formats.SEGMENTS)
+TAKES_ALL = formats.mask(formats.FLANNEL, formats.FRAMES, formats.FAST)
 TAKES_FLANNEL = formats.mask(formats.FLANNEL)
+TRAIN_WAIT_MS = int(trains.MAX_AGE * 1000) + 1
 
 
 class DataPath(Outbound, Inbound):
@@ -73,6 +74,8 @@ class DataPath(Outbound, Inbound):
         self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._threads: List[threading.Thread] = []
         self.gso = True  # cleared at the first sign the kernel can't segment UDP
+        self._train_id = 0  # the number of the last train sent (mod 256)
+        self._waiting_trains = set()  # peers with a train not yet whole
         try:
             sock.setsockopt(SOL_UDP, UDP_GRO, 1)
         except OSError:  # before Linux 5.0: one datagram per read, as before
@@ -120,13 +123,13 @@ class DataPath(Outbound, Inbound):
     def _format_changed(self, peer, old: int, new: int) -> None:
         log.info("%s (%s): %s format%s", peer.host, peer.address[0], formats.NAMES[new],
                  f" (release {peer.exchange.release})" if peer.exchange and peer.exchange.release else "")
-        if new == formats.SEGMENTS and not self.offload:
+        if new == formats.FAST and not self.offload:
             self._set_offload(True)
-        elif old == formats.SEGMENTS:
+        elif old == formats.FAST:
             self._refresh_offload()
 
     def _refresh_offload(self) -> None:
-        wanted = any(peer.format == formats.SEGMENTS for peer in self.table.by_subnet.values())
+        wanted = any(peer.format == formats.FAST for peer in self.table.by_subnet.values())
         if wanted != self.offload:
             self._set_offload(wanted)
 
@@ -167,6 +170,9 @@ class DataPath(Outbound, Inbound):
                 timeout = 0
             else:
                 timeout = None if due is None else max(0, int((due - clock()) * 1000) + 1)
+                if self._waiting_trains:  # a train cut short by a loss goes in (in pieces) soon, traffic or not
+                    self._keep_waiting_trains(clock())
+                    timeout = min(timeout, TRAIN_WAIT_MS) if timeout is not None else TRAIN_WAIT_MS
             for fd, _ in poll(timeout):
                 if fd == self._wake_read:
                     os.read(self._wake_read, 64)

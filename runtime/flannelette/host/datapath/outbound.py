@@ -18,11 +18,12 @@ import logging
 import socket
 from typing import Iterator
 
-from flannelette.host.datapath import batch, formats, packet, segments
+from flannelette.host.datapath import batch, formats, packet, segments, trains
 from flannelette.host.datapath.packet import DESTINATION
 from flannelette.host.datapath.vnet import (
     CSUM_OFFSETS, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, PLAIN, VNET_HDR, VNET_HDR_LEN,
 )
+from flannelette.host.kernel import tun
 from flannelette.host.kernel.udp import BUFFER_SIZE, BURST, SEGMENT, SOL_UDP, UDP_SEGMENT
 
 log = logging.getLogger("flannelette.host.datapath")
@@ -32,6 +33,8 @@ MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS before Linux 6.2
 SMALL = 256  # bytes: a packet this short read on waking leaves at once
 NOT_IPV4 = "not_ipv4"
 DROP_REASONS = (NOT_IPV4,)
+TRAIN_SLOTS = 47  # datagrams of the longest train: a 64 KB frame in chunks of 1468 bytes, and the header copy
+SMALL_READS = 8  # reads of small frames after which flannel0 is read whole again, not scattered for a train
 # Where the segment header goes in a frame's slot: over the last bytes of its virtio-net header.
 HEADER_AT = VNET_HDR_LEN - segments.HEADER_LEN
 
@@ -46,16 +49,27 @@ class Outbound:
         # which is checked, TTL-decremented and sent as a whole (_send_run), a
         # shorter frame ending it. A super-packet goes on its own. The run goes
         # out as soon as the TUN queue is empty, so no packet waits for company.
+        # After a super-packet, reads are scattered (ScatterReader): a frame's
+        # first chunk lands in the batch buffer, the rest straight in the slots
+        # of a train, so the next super-packet needs no copy to leave as one.
         buf = bytearray(BATCH_BYTES + BUFFER_SIZE)
         view = memoryview(buf)
         readinto = io.FileIO(self.tun_fd, "rb", closefd=False).readinto  # None when the queue is empty
+        room = self.mtu
+        chunk = room - trains.HEADER_LEN
+        self._train = train = bytearray(TRAIN_SLOTS * room)
+        self._train_view = slots = memoryview(train)
+        slots[0::room] = bytes((formats.TRAIN,)) * TRAIN_SLOTS  # what every train's datagrams share, written once
+        slots[2::room] = bytes(range(TRAIN_SLOTS))
+        scatter = tun.scatter_reader(self.tun_fd, buf, train, chunk, room, trains.HEADER_LEN, TRAIN_SLOTS)
+        scattered, small = False, 0
         largest, send_run = self.mtu + VNET_HDR_LEN, self._send_run
         since = 0  # frames sent since the other direction last had a turn
         # The run: buf[:end], count frames of size bytes, the last maybe shorter.
         end, count, size = 0, 0, -1
         woke = False
         while not self._stopping:
-            n = readinto(view[end:])
+            n = scatter.read(end) if scattered else readinto(view[end:])
             if n is None:
                 if count:
                     send_run(view, end, count, size)
@@ -63,6 +77,12 @@ class Outbound:
                 yield False
                 woke, since = True, 0
                 continue
+            if scattered:
+                if n <= chunk:
+                    small += 1
+                    scattered = small < SMALL_READS
+                elif n <= largest:  # a full-sized frame: its tail back behind its head, as a run wants it
+                    view[end + chunk:end + n] = slots[room + trains.HEADER_LEN:room + trains.HEADER_LEN + n - chunk]
             if n == size:  # the common case, kept short: the run grows
                 end += n
                 count += 1
@@ -74,9 +94,10 @@ class Outbound:
             elif n > largest:  # a super-packet: alone
                 if count:
                     send_run(view, end, count, size)
-                self._send_one(view[end:end + n], n)
+                self._send_large(view, end, n, scattered)
                 since += count + 1
                 end, count, size, woke = 0, 0, -1, False
+                scattered, small = scatter is not None, 0
             elif not count:
                 if woke and n <= SMALL:  # likely alone (a ping, an ACK): no read for company first
                     send_run(view, n, 1, n)
@@ -100,6 +121,62 @@ class Outbound:
                 yield True
         if count:
             send_run(view, end, count, size)
+
+    # -- a super-packet --------------------------------------------------------------
+
+    def _send_large(self, view, end: int, n: int, scattered: bool) -> None:
+        """A frame larger than a datagram: to a peer taking the fast format as a train, to others cut into plain
+        segments. `scattered`: its first chunk is at view[end:], the rest in the train's slots."""
+        room = self.mtu
+        chunk = room - trains.HEADER_LEN
+        slots = self._train_view
+        head = view[end:end + chunk] if scattered else view[end:end + n]
+        peer = self._route(head[VNET_HDR_LEN:], n - VNET_HDR_LEN)
+        if peer is None:
+            return
+        at = trains.HEADER_LEN
+        if peer.format == formats.FAST and head[1] & 0x7F == GSO_TCPV4:
+            if scattered:
+                slots[at:at + chunk] = head
+            else:
+                for i, start in enumerate(range(0, n, chunk)):
+                    piece = head[start:start + chunk]
+                    slots[i * room + at:i * room + at + len(piece)] = piece
+            self._send_train(n, peer)
+            return
+        frame = head
+        if scattered:  # whole again, for the ways that need it so (rare: a peer on flannel's format)
+            pieces = [head] + [slots[i * room + at:i * room + at + chunk] for i in range(1, -(-n // chunk))]
+            frame = memoryview(bytearray(b"".join(pieces)[:n]))
+        self._send_routed(frame, n, peer)
+
+    def _send_train(self, n: int, peer) -> None:
+        """The frame in the train's slots leaves as a train: headers completed, the header copy placed, sent."""
+        room = self.mtu
+        chunk, at = room - trains.HEADER_LEN, trains.HEADER_LEN
+        slots = self._train_view
+        copy = trains.copy_length(slots[at:at + chunk])
+        count, last_length, shared = trains.layout(n, copy, chunk)
+        chunks = -(-n // chunk)
+        tail = n - (chunks - 1) * chunk
+        self._train_id = frame = (self._train_id + 1) & 0xFF
+        span = count * room
+        slots[1:span:room] = bytes((frame,)) * count
+        slots[3:span:room] = bytes((count,)) * count
+        last = (count - 1) * room + at
+        if copy:
+            if shared:  # the last datagram: the copy, then the last chunk behind it
+                slots[last + copy:last + copy + tail] = slots[last:last + tail]
+            else:  # the last chunk padded, so every datagram before the copy's is of one size
+                padding = (chunks - 1) * room + at + tail
+                slots[padding:(chunks - 1) * room + room] = bytes(room - at - tail)
+            slots[last:last + copy] = slots[at:at + copy]
+        total = (count - 1) * room + last_length
+        per_send = min(segments.MAX_SEGMENTS, segments.MAX_SEND // room)
+        for start in range(0, count, per_send):
+            stop = min(count, start + per_send)
+            self._send([slots[start * room:min(total, stop * room)]], stop - start, room, 0, peer)
+        peer.counts.tx_bytes += n - VNET_HDR_LEN
 
     # -- a run of frames -----------------------------------------------------------
 
@@ -128,7 +205,7 @@ class Outbound:
             if tail:
                 packets.append(view[full * size + VNET_HDR_LEN:end])
             self._send(packets, count, size - VNET_HDR_LEN, end - VNET_HDR_LEN * count, peer)
-        elif flags.count(F_NEEDS_CSUM) == count and peer.format == formats.SEGMENTS \
+        elif flags.count(F_NEEDS_CSUM) == count and peer.format == formats.FAST \
                 and size - HEADER_AT <= self.mtu and self._completable_run(view, fields, full, size, tail, end):
             self._decrement_run(view, fields, full, size, tail, end)
             for k, byte in enumerate(segments.HEADER):
@@ -172,12 +249,15 @@ class Outbound:
 
     def _send_one(self, frame, n: int) -> None:
         """One frame (virtio-net header, then a packet, maybe a TCP super-packet), in its peer's format."""
+        peer = self._route(frame[VNET_HDR_LEN:n], n - VNET_HDR_LEN)
+        if peer is not None:
+            self._send_routed(frame, n, peer)
+
+    def _send_routed(self, frame, n: int, peer) -> None:
+        """A frame whose peer is known and whose TTL is lowered."""
         ip = frame[VNET_HDR_LEN:n]
-        peer = self._route(ip, n - VNET_HDR_LEN)
-        if peer is None:
-            return
         flags, gso_type, _, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(frame, 0)
-        partial = peer.format == formats.SEGMENTS
+        partial = peer.format == formats.FAST
         if gso_type & ~0x80 == GSO_TCPV4:
             self._send_cut(segments.cut(ip, gso_size, self.mtu, partial), len(ip), peer)
         elif flags != F_NEEDS_CSUM:  # finished: flannel's format says all of it

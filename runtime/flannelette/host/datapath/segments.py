@@ -134,6 +134,11 @@ def _slices(count: int, size: int) -> struct.Struct:
     return struct.Struct(f"{size}s" * count)
 
 
+@lru_cache(maxsize=64)
+def _numbers(count: int) -> struct.Struct:
+    return struct.Struct(f"!{count}I")
+
+
 def tcp_header_len(ip, ihl: int) -> int:
     return (ip[ihl + 12] >> 4) * 4
 
@@ -166,11 +171,14 @@ def cut(ip, mss: int, room: int, partial: bool) -> List[Tuple[list, int, int]]:
         segments = [_segment(ip, ihl, headers, mss, i, count, last, partial) for i in range(count)]
         return _sends([prefix + s for s in segments], [ip[headers + i * mss:headers + i * mss + (last if i == count - 1 else mss)]
                                                       for i in range(count)], headers + len(prefix) + mss)
-    full = _segment_header(ip, ihl, headers, headers + mss, ip[ihl + 13] & ~(TCP_FIN | TCP_PSH | TCP_CWR), partial)
+    full = segment_header(ip, ihl, headers, headers + mss, ip[ihl + 13] & ~(TCP_FIN | TCP_PSH | TCP_CWR), partial)
     size = len(prefix) + headers
     block = bytearray((prefix + full) * (count - 1))
     seq = SEQ.unpack_from(ip, ihl + 4)[0]
-    numbers = struct.pack(f"!{count - 1}I", *[(seq + i * mss) % SEQ_SPACE for i in range(count - 1)])
+    if seq + (count - 1) * mss <= SEQ_SPACE:
+        numbers = _numbers(count - 1).pack(*range(seq, seq + (count - 1) * mss, mss))
+    else:  # the sequence space wraps inside this super-packet
+        numbers = _numbers(count - 1).pack(*[(seq + i * mss) % SEQ_SPACE for i in range(count - 1)])
     at = len(prefix) + ihl + 4
     view = memoryview(block)
     for k in range(4):
@@ -201,7 +209,7 @@ def _segment(ip, ihl: int, headers: int, mss: int, index: int, count: int, last:
         flags &= ~(TCP_FIN | TCP_PSH)
     length = last if index == count - 1 else mss
     ident = None if WORD.unpack_from(ip, 6)[0] & DF else (WORD.unpack_from(ip, 4)[0] + index) & 0xFFFF
-    head = bytearray(_segment_header(ip, ihl, headers, headers + length, flags, True, ident))
+    head = bytearray(segment_header(ip, ihl, headers, headers + length, flags, True, ident))
     SEQ.pack_into(head, ihl + 4, (SEQ.unpack_from(ip, ihl + 4)[0] + index * mss) % SEQ_SPACE)
     if not partial:
         start = headers + index * mss
@@ -211,7 +219,7 @@ def _segment(ip, ihl: int, headers: int, mss: int, index: int, count: int, last:
     return bytes(head)
 
 
-def _segment_header(ip, ihl: int, headers: int, total: int, flags: int, partial: bool, ident=None) -> bytes:
+def segment_header(ip, ihl: int, headers: int, total: int, flags: int, partial: bool, ident=None) -> bytes:
     """IPv4 + TCP headers for a segment of `total` bytes: length, flags, IP checksum, pseudo-header sum set."""
     head = bytearray(ip[:headers])
     WORD.pack_into(head, 2, total)

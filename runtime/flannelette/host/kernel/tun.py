@@ -6,6 +6,7 @@ import errno
 import fcntl
 import os
 import struct
+from typing import Optional
 
 TUN_PATH = "/dev/net/tun"
 TUNSETIFF = 0x400454CA
@@ -66,3 +67,51 @@ def set_offload(fd: int, on: bool) -> None:
     they were queued in.
     """
     fcntl.ioctl(fd, TUNSETOFFLOAD, OFFLOADS if on else 0)
+
+
+class ScatterReader:
+    """Reads of flannel0 scattered over slots: the first `chunk` bytes of a frame into one buffer, the rest into
+    `slots - 1` slots of another, `chunk` bytes each, `stride` apart from `offset` (readv(2) through ctypes, with
+    the slots laid out once). None where ctypes or readv is missing: then reads are whole (readinto)."""
+
+    def __init__(self, fd: int, head: bytearray, slots_buffer: bytearray, chunk: int, stride: int, offset: int,
+                 slots: int):
+        import ctypes
+
+        class IOVec(ctypes.Structure):
+            _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._readv = libc.readv
+        self._readv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+        self._readv.restype = ctypes.c_ssize_t
+        self._get_errno = ctypes.get_errno
+        self._head = (ctypes.c_char * len(head)).from_buffer(head)
+        self._slots = (ctypes.c_char * len(slots_buffer)).from_buffer(slots_buffer)
+        self._iov = (IOVec * slots)()
+        self._head_address = ctypes.addressof(self._head)
+        slots_address = ctypes.addressof(self._slots)
+        for i in range(1, slots):
+            self._iov[i].base = slots_address + i * stride + offset
+            self._iov[i].len = chunk
+        self._iov[0].len = chunk
+        self._first = self._iov[0]
+        self._pointer, self._count, self.fd = ctypes.addressof(self._iov), slots, fd
+
+    def read(self, at: int) -> Optional[int]:
+        """One frame, its first `chunk` bytes at head[at:]; None when the queue is empty."""
+        self._first.base = self._head_address + at
+        n = self._readv(self.fd, self._pointer, self._count)
+        if n >= 0:
+            return n
+        err = self._get_errno()
+        if err in (errno.EAGAIN, errno.EWOULDBLOCK):
+            return None
+        raise OSError(err, os.strerror(err))
+
+
+def scatter_reader(*args) -> Optional[ScatterReader]:
+    try:
+        return ScatterReader(*args)
+    except (ImportError, OSError, AttributeError):
+        return None

@@ -144,10 +144,12 @@ class _MultipleMessages:
         size_bytes = struct.calcsize(self.size_t)
         controllen_words = slice(self.controllen_at // size_bytes, None, self.stride // size_bytes)
         full = memoryview(struct.pack(f"={slots}{self.size_t}", *[self.control_space] * slots)).cast(self.size_t)
-        results = struct.Struct("=" + f"{self.controllen_at}x{self.size_t}{self.len_at - self.controllen_at - size_bytes}xI"
-                                f"{self.stride - self.len_at - 4}x" * slots)
-        addresses = struct.Struct("!" + "4xI8x" * slots)
-        grown = struct.Struct("=" + f"{self.cmsg_data_at}xi{self.control_space - self.cmsg_data_at - 4}x" * slots)
+        layouts = [None] + [(struct.Struct("=" + (f"{self.controllen_at}x{self.size_t}"
+                                                  f"{self.len_at - self.controllen_at - size_bytes}xI"
+                                                  f"{self.stride - self.len_at - 4}x") * k),
+                             struct.Struct("!" + "4xI8x" * k),
+                             struct.Struct("=" + f"{self.cmsg_data_at}xi{self.control_space - self.cmsg_data_at - 4}x" * k))
+                            for k in range(1, slots + 1)]  # what k messages' results take, read in one unpack each
         recvmmsg, fd, pointer, dontwait = self.recvmmsg, receiver.sock.fileno(), ctypes.addressof(messages), MSG_DONTWAIT
         get_errno = ctypes.get_errno
         receiver._names = names
@@ -160,10 +162,10 @@ class _MultipleMessages:
                 if k == 0 or err in (errno.EAGAIN, errno.EWOULDBLOCK):
                     return 0
                 raise OSError(err, os.strerror(err))
+            results, addresses, grown = layouts[k]
             fields = results.unpack_from(table)
-            controls_used, lengths = fields[0:2 * k:2], fields[1:2 * k:2]
-            receiver.lengths = lengths
-            receiver.senders = addresses.unpack_from(names)[:k]
+            controls_used, receiver.lengths = fields[0::2], fields[1::2]
+            receiver.senders = addresses.unpack_from(names)
             if any(controls_used):
                 sizes_seen = grown.unpack_from(controls)
                 receiver.segments = tuple(size if used else 0 for size, used in zip(sizes_seen, controls_used))

@@ -1,16 +1,17 @@
-"""The packet loop in the fast format: once a peer has answered a hello, super-packets cross as segments."""
+"""The packet loop in the fast format: once a peer has answered a hello, packets cross as segments, super-packets as trains."""
 
 import struct
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from flannelette.host.datapath import exchange, formats, packet, segments, vnet
+from flannelette.host.datapath import exchange, formats, packet, segments, trains, vnet
 from flannelette.host.datapath.inbound import UNEXPECTED_ANSWER
 from flannelette.host.kernel.udp import SOL_UDP, UDP_SEGMENT
 from ipv4_packets import ipv4, tcp
 from test_datapath import MTU, OTHER, OWN, PEER, Rig, eventually
 from test_segments import partial, transport_sum_ok
+from test_trains import CHUNK, cut as cut_train
 
 GSO = vnet.VNET_HDR.pack(vnet.F_NEEDS_CSUM, vnet.GSO_TCPV4, 52, 1420, 20, 16)
 PARTIAL_TCP = vnet.VNET_HDR.pack(vnet.F_NEEDS_CSUM, 0, 0, 0, 20, 16)
@@ -47,20 +48,69 @@ def test_flannel0_hands_over_super_packets_once_a_peer_takes_segments(rig):
     assert rig.offloads == [True] and rig.path.offload
 
 
-def test_a_super_packet_leaves_as_segments_each_one_datagram(rig):
+def test_a_super_packet_leaves_as_a_train_that_gives_it_back(rig):
     big = super_packet()
     rig.tun_send(big, GSO)
-    step = MTU - 4 - 52
-    count = -(-(len(big) - 52) // step)
-    datagrams = received(rig, count)
-    assert all(d[:4] == segments.HEADER and len(d) <= MTU for d in datagrams)
-    assert b"".join(d[4 + 52:] for d in datagrams) == bytes(big[52:])
-    for d in datagrams:
-        ip = bytearray(d[4:])
-        assert ip[8] == 63 and packet.checksum(ip[:20]) == 0
-        segments.complete_checksum(ip, 20, 16)
-        assert transport_sum_ok(ip)
+    first = rig.peer.recv(70000)
+    _, number, _, count = trains.HEADER.unpack(first[:4])
+    datagrams = [first] + received(rig, count - 1)
+    assert all(len(d) <= MTU for d in datagrams)
+    assert [trains.HEADER.unpack(d[:4]) for d in datagrams] == [(0xF4, number, i, count) for i in range(count)]
+    train = trains.Assembly(number, count, 0.0)
+    for i, d in enumerate(datagrams):
+        assert train.add(i, memoryview(bytearray(d))[4:])
+    pieces, length = train.frame_parts()
+    assert b"".join(bytes(p) for p in pieces) == GSO + decremented(big)
     assert eventually(lambda: rig.path.totals()[:2] == [count, len(big)])
+
+
+def decremented(data):
+    out = bytearray(data)
+    packet.decrement_ttl(out)
+    return bytes(out)
+
+
+def train_of(big, number=5):
+    return cut_train(GSO + bytes(big), number=number)
+
+
+def test_a_train_datagram_by_datagram_enters_the_tun_whole(rig):
+    big = super_packet("10.244.2.7", "10.244.1.5", segments=20)
+    for datagram in train_of(big):
+        rig.peer.sendto(datagram, ("127.0.0.1", rig.port))
+    assert rig.tun_recv_frame() == GSO + decremented(big)
+    assert sum(rig.path.drops.values()) == 0
+
+
+def test_a_train_in_one_coalesced_read_enters_the_tun_whole(rig):
+    big = super_packet("10.244.2.7", "10.244.1.5", segments=20)
+    datagrams = train_of(big)
+    block = b"".join(datagrams)
+    rig.peer.sendmsg([block], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", len(datagrams[0])))], 0, ("127.0.0.1", rig.port))
+    assert rig.tun_recv_frame() == GSO + decremented(big)
+
+
+def test_a_train_that_lost_a_datagram_still_delivers_the_rest(rig):
+    big = super_packet("10.244.2.7", "10.244.1.5", segments=20)
+    datagrams = train_of(big)
+    del datagrams[3]
+    for datagram in datagrams + train_of(super_packet("10.244.2.7", "10.244.1.5", segments=2), number=6):
+        rig.peer.sendto(datagram, ("127.0.0.1", rig.port))
+    before, after = rig.tun_recv_frame(), rig.tun_recv_frame()
+    payload = bytes(big[52:])
+    lost = (3 * CHUNK - 62, 4 * CHUNK - 62)  # the payload bytes the fourth datagram carried
+    assert before[10 + 52:] == payload[:lost[0]] and after[10 + 52:] == payload[lost[1]:]
+    assert rig.wait_drops(trains.TRAIN_INCOMPLETE, 1) == 1
+
+
+def test_a_train_that_lost_its_first_datagram_is_salvaged_from_the_copy(rig):
+    big = super_packet("10.244.2.7", "10.244.1.5", segments=20)
+    datagrams = train_of(big)[1:]
+    for datagram in datagrams:
+        rig.peer.sendto(datagram, ("127.0.0.1", rig.port))
+    frame = rig.tun_recv_frame()  # after the train's wait ran out: the bytes behind the lost chunk
+    assert frame[10 + 52:] == bytes(big[52:])[CHUNK - 62:]
+    assert struct.unpack_from("!I", frame, 10 + 24)[0] == 1 + CHUNK - 62
 
 
 def test_small_partial_packets_leave_behind_a_segment_header_batched_or_not(rig):
@@ -154,7 +204,14 @@ HOSTILE = [
     ("peer", exchange.encode(formats.ANSWER, 7, 12345, "forged"), UNEXPECTED_ANSWER),
     ("peer", b"\xf1" + bytes(30), packet.MALFORMED),
     ("peer", b"\x99" + bytes(30), packet.MALFORMED),
+    ("peer", b"\xf4\x01\x05\x02" + bytes(100), trains.BAD_TRAIN),
 ]
+
+
+def test_a_whole_train_with_a_spoofed_inner_source_is_dropped_and_counted(rig):
+    for datagram in train_of(super_packet("10.244.3.7", "10.244.1.5", segments=5)):
+        rig.peer.sendto(datagram, ("127.0.0.1", rig.port))
+    assert rig.wait_drops(packet.SPOOFED_SOURCE, 1) == 1
 
 
 @pytest.mark.parametrize("sender, data, reason", HOSTILE, ids=[c[2] + "-" + c[1][:1].hex() for c in HOSTILE])
@@ -170,7 +227,8 @@ def test_a_hello_is_answered_with_its_nonce(rig):
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(st.sampled_from([formats.SEGMENT, formats.HELLO, formats.ANSWER]), st.binary(max_size=3000)),
+@given(st.lists(st.tuples(st.sampled_from([formats.SEGMENT, formats.TRAIN, formats.HELLO, formats.ANSWER]),
+                          st.binary(max_size=3000)),
                 min_size=1, max_size=10))
 def test_no_datagram_of_our_formats_stops_the_loop(rig, datagrams):
     for first, rest in datagrams:
