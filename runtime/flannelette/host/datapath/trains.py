@@ -138,9 +138,16 @@ class Assembly:
         their own with headers made from the first chunk or the copy; nothing when neither came."""
         headers = self._headers()
         chunk = self.chunk
-        if headers is None or chunk < MIN_CHUNK:
+        if headers is None:
             return []
         length = frame_length(headers)
+        if chunk < MIN_CHUNK:  # only the last datagram came: its chunk ends the frame, wherever C put it
+            last = self.parts[-1]
+            if chunk or last is None or len(last) <= len(headers):
+                return []
+            tail = last[len(headers):]
+            piece = self._piece(headers, length, [(length - len(tail), tail)])
+            return [piece] if piece is not None else []
         count, _, shared = layout(length, len(headers), chunk)
         if count != self.count:
             return []
