@@ -13,6 +13,7 @@ from typing import Optional
 
 from flannelette.model import config
 from flannelette.model.config import WIRE_FLANNELETTE, ConfigError, Lease, NetConf, Problem
+from flannelette.model.files import replace_file
 from flannelette.model.problems import schema_problems
 from flannelette.model.plan import HostSpec, Plan, make_plan
 
@@ -177,15 +178,6 @@ def read_allocations(path: str) -> list[Lease]:
     return leases
 
 
-def write_allocations(path: str, plan: Plan) -> None:
-    """Write the plan's leases to the allocation file, atomically."""
-    write_atomic(path, config.render_leases(plan.leases))
-
-
-def write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def write_allocations(path: str, plan: Plan) -> bool:
+    """Write the plan's leases to the allocation file, atomically; False when it already held them."""
+    return replace_file(path, config.render_leases(plan.leases))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from ipaddress import IPv4Network
+
+from flannelette.model.files import replace_file
 
 DEFAULT_PATH = "/run/flannel/subnet.env"
 
@@ -27,17 +27,4 @@ def parse(text: str) -> dict:
 
 def write(path: str, text: str) -> None:
     """Replace `path` with `text` in one rename, so a reader sees the old or the new file, never half."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=".subnet.env.", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+    replace_file(path, text)
