@@ -1,22 +1,26 @@
-"""The runtime as one self-contained zipapp, built from the working tree.
+"""The runtime as one self-contained zipapp, built from the installed package.
 
-Hosts need only python3 >= 3.9: the package, its schemas and its pure-Python
-dependencies travel inside the zip. The bytes depend on the sources alone
-(sorted entries, fixed timestamps and modes), so an unchanged tree gives an
-unchanged file and pyinfra sees no change on the hosts.
+Hosts need only python3 >= 3.9: the host side, the model, the schemas and
+their pure-Python dependencies travel inside the zip; the operator side
+(controller, deploy), which imports pyinfra, stays behind. The bytes depend
+on the sources alone (sorted entries, fixed timestamps and modes), so an
+unchanged package gives an unchanged file and pyinfra sees no change on the
+hosts.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import hashlib
 import io
 import os
 import zipfile
+from importlib import resources
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PACKAGE_DIR = ROOT / "runtime" / "flannelette"
-SCHEMAS_DIR = ROOT / "schemas"
+from flannelette.model.files import replace_file
+
+# What of the package a host runs: the entry, the host side and the model.
+HOST_PARTS = ("__init__.py", "cli.py", "host", "model")
 # Import names of the runtime's dependencies (pyproject's `dependencies`).
 DEPENDENCIES = ("cerberus", "yaml", "pyroute2")
 MIN_PYTHON = (3, 9)
@@ -43,29 +47,33 @@ sys.exit(main())
 
 
 def sources() -> dict:
-    """{archive name: local path} of everything that goes into the zipapp."""
-    files = dict(_tree(PACKAGE_DIR, "flannelette"))
-    files.update(_tree(SCHEMAS_DIR, "flannelette/schemas"))
+    """{archive name: readable resource} of everything that goes into the zipapp."""
+    package = resources.files("flannelette")
+    files: dict = {}
+    for part in HOST_PARTS:
+        files.update(_tree(package / part, f"flannelette/{part}"))
+    files.update(_tree(resources.files("flannelette.schemas"), "flannelette/schemas"))
     for name in DEPENDENCIES:
-        files.update(_tree(_package_dir(name), name))
+        files.update(_tree(_package(name), name))
     return files
 
 
-def _package_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"{name} is not installed: pip install -e '.[deploy]' installs the runtime's dependencies")
-    return Path(list(spec.submodule_search_locations)[0])
+def _package(name: str):
+    try:
+        return resources.files(name)
+    except ModuleNotFoundError:
+        raise RuntimeError(f"{name} is not installed: pip install 'flannelette[deploy]' installs the runtime's dependencies") from None
 
 
-def _tree(top: Path, prefix: str):
-    for dirpath, dirnames, filenames in os.walk(top):
-        dirnames[:] = [d for d in dirnames if d not in SKIPPED_DIRS]
-        for filename in filenames:
-            if filename.endswith(SKIPPED_SUFFIXES):
-                continue
-            path = Path(dirpath) / filename
-            yield f"{prefix}/{path.relative_to(top).as_posix()}", path
+def _tree(node, name: str):
+    """(archive name, resource) of a file, or of every file under a folder."""
+    if node.is_file():
+        if not node.name.endswith(SKIPPED_SUFFIXES):
+            yield name, node
+        return
+    for child in node.iterdir():
+        if child.name not in SKIPPED_DIRS:
+            yield from _tree(child, f"{name}/{child.name}")
 
 
 def build_bytes(files: dict = None) -> bytes:
@@ -76,7 +84,7 @@ def build_bytes(files: dict = None) -> bytes:
     with zipfile.ZipFile(buffer, "w") as archive:
         _add(archive, "__main__.py", MAIN.encode())
         for name in sorted(files):
-            _add(archive, name, Path(files[name]).read_bytes())
+            _add(archive, name, files[name].read_bytes())
     return buffer.getvalue()
 
 
@@ -88,26 +96,25 @@ def _add(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
     archive.writestr(info, data, compresslevel=9)
 
 
-def build(target: Path) -> Path:
+def build(target: Path, data: bytes = None) -> Path:
     """Write the zipapp to `target` atomically, unless it already holds these bytes."""
-    data = build_bytes()
-    target = Path(target)
-    if target.is_file() and target.read_bytes() == data:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}")
-    tmp.write_bytes(data)
-    tmp.chmod(0o755)
-    os.replace(tmp, target)
-    return target
+    replace_file(str(target), build_bytes() if data is None else data, mode=0o755)
+    return Path(target)
 
 
-_built: dict = {}
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "flannelette"
 
 
-def build_once(target: Path = ROOT / "build" / "flannelette.pyz") -> Path:
-    """Build the zipapp the first time a run asks for it; later hosts reuse it."""
-    key = str(target)
-    if key not in _built:
-        _built[key] = build(target)
-    return _built[key]
+_built: list = []
+
+
+def build_once() -> Path:
+    """Build the zipapp the first time a run asks for it; later hosts reuse it.
+
+    Named by its content, so two runs of different versions never upload each other's.
+    """
+    if not _built:
+        data = build_bytes()
+        _built.append(build(cache_dir() / f"flannelette-{hashlib.sha256(data).hexdigest()[:16]}.pyz", data))
+    return _built[0]

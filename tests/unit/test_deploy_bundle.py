@@ -1,11 +1,14 @@
-"""The runtime zipapp: self-contained, pure Python, and the same bytes from the same tree."""
+"""The runtime zipapp: the host side and the model, self-contained, pure Python, the same bytes from the same tree."""
 
 import io
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 from flannelette.deploy import bundle
+
+PACKAGE = Path(__file__).resolve().parents[2] / "runtime" / "flannelette"
 
 
 def entries(data: bytes) -> list:
@@ -31,6 +34,53 @@ def test_holds_the_package_its_schemas_and_pure_python_dependencies_only():
                  "cerberus/__init__.py", "yaml/__init__.py", "pyroute2/__init__.py"):
         assert name in names
     assert not [n for n in names if n.endswith((".so", ".pyc", ".pyd")) or "__pycache__" in n]
+
+
+def test_of_the_package_it_holds_the_host_side_and_the_model_only():
+    names = {i.filename for i in entries(bundle.build_bytes())}
+    ours = {n for n in names if n.startswith("flannelette/") and not n.startswith("flannelette/schemas/")}
+    expected = {"flannelette/__init__.py", "flannelette/cli.py"} | {
+        f"flannelette/{path.relative_to(PACKAGE).as_posix()}"
+        for side in ("host", "model") for path in (PACKAGE / side).rglob("*.py")
+    }
+    assert ours == expected
+    assert not [n for n in names if n.startswith(("flannelette/controller/", "flannelette/deploy/"))]
+
+
+# Imports every module of the zip's package with pyinfra, paramiko and gevent
+# made unimportable, and says which of them anything tried to import.
+IMPORT_ALL = """
+import sys, zipfile
+ABSENT = ("pyinfra", "pyinfra_cli", "paramiko", "gevent")
+tried = []
+class Absent:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ABSENT:
+            tried.append(name)
+            raise ModuleNotFoundError(name)
+sys.meta_path.insert(0, Absent())
+sys.path.insert(0, sys.argv[1])
+names = [n[:-3].replace("/", ".").removesuffix(".__init__") for n in zipfile.ZipFile(sys.argv[1]).namelist()
+         if n.startswith("flannelette/") and n.endswith(".py")]
+for name in names:
+    __import__(name)
+print(len(names), "imported; tried:", tried)
+"""
+
+
+def test_every_module_of_it_imports_with_pyinfra_and_paramiko_absent(tmp_path):
+    target = bundle.build(tmp_path / "flannelette.pyz")
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", IMPORT_ALL, str(target)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("imported; tried: []"), result.stdout
+
+
+def test_on_a_host_the_operator_commands_say_where_they_run(tmp_path):
+    target = bundle.build(tmp_path / "flannelette.pyz")
+    result = subprocess.run([sys.executable, "-I", "-S", str(target), "validate", "inventory/prod.py"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "an operator's command" in result.stderr
 
 
 def test_a_changed_source_changes_the_bytes(tmp_path):
