@@ -93,20 +93,24 @@ class Runtime:
         self.net_conf = config.load_net_conf(args.net_conf)
         leases = config.load_leases(args.leases, self.net_conf)
         self.own = own_lease(leases, self.public_ip, args.leases)
-        self.leases = leases
-        self.table = self._table(leases)
+        self.leases = leases  # the table in use is the data path's, made from these
         self.ready = False
         self.reloads = {"ok": 0, "failed": 0}
         self.datapath: Optional[DataPath] = None
         self.mtu = 0
         self.undo: List[Tuple[str, Callable[[], None]]] = []
 
+    @property
+    def lease_hash(self) -> str:
+        return metrics.lease_hash(self.leases)
+
+    @property
+    def lease_count(self) -> int:
+        return len(self.leases)
+
     def _table(self, leases, previous=None) -> LeaseTable:
         force = self.net_conf.wire == config.WIRE_FLANNEL
-        table = LeaseTable(self.own, leases, self.net_conf.subnet_len, self.net_conf.port, previous, force_flannel=force)
-        self.leases = leases
-        self.lease_hash, self.lease_count = metrics.lease_hash(leases), len(leases)
-        return table
+        return LeaseTable(self.own, leases, self.net_conf.subnet_len, self.net_conf.port, previous, force_flannel=force)
 
     # -- bring-up ----------------------------------------------------------------
 
@@ -215,7 +219,7 @@ class Runtime:
 
     def _datapath(self) -> None:
         self.datapath = DataPath(
-            self.tun_fd, self.sock, self.table, self.mtu, self.own.subnet.network_address, time.monotonic,
+            self.tun_fd, self.sock, self._table(self.leases), self.mtu, self.own.subnet.network_address, time.monotonic,
             set_offload=lambda on: tun.set_offload(self.tun_fd, on),
         )
         self.datapath.start()
@@ -251,6 +255,7 @@ class Runtime:
         table = self._table(leases, previous=old)
         before, after = set(old.peers_by_identity()), set(table.peers_by_identity())
         self.datapath.update_table(table)
+        self.leases = leases
         self.reloads["ok"] += 1
         for identity in sorted(after - before, key=str):
             log.info("peer added: %s %s via %s", identity[0], identity[1], identity[2])
