@@ -7,15 +7,18 @@ with a golden copy and pyinfra can compare it with what a host holds.
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import posixpath
+from importlib import resources
 
 import jinja2
 
+from flannelette.host.daemon import BRIDGE_NAME as BRIDGE
+from flannelette.host.healthz import DEFAULT_PORT as HEALTHZ_PORT
+from flannelette.host.kernel.netlink import ENCAP_OVERHEAD
+from flannelette.host.subnetenv import DEFAULT_PATH as SUBNET_ENV
 from flannelette.model.config import Lease, NetConf, render_leases
 
-TEMPLATES = Path(__file__).resolve().parent / "templates"
-
-# Where things live on a host.
+# Where the deploy puts things on a host.
 PYZ = "/usr/local/lib/flannelette/flannelette.pyz"
 COMMAND = "/usr/local/bin/flannelette"
 CONF_DIR = "/etc/flannelette"
@@ -25,15 +28,17 @@ UNIT_NAME = "flannelette.service"
 UNIT = f"/etc/systemd/system/{UNIT_NAME}"
 SYSCTL = "/etc/sysctl.d/90-flannelette.conf"
 CONFLIST = "/etc/cni/net.d/10-flannelette.conflist"
-RUN_DIR = "/run/flannel"
-BRIDGE = "cni0"
 # The runtime's health and metrics endpoint, where `flannelette status` looks.
-HEALTHZ = "127.0.0.1:8286"
-# A UDP/IPv4 header around every inner packet: 20 bytes of IPv4, 8 of UDP.
-ENCAP_OVERHEAD = 28
+HEALTHZ = f"127.0.0.1:{HEALTHZ_PORT}"
+
+
+def _template(name: str) -> str:
+    """A template of templates/, read as a resource of the installed package."""
+    return (resources.files(__package__) / "templates" / name).read_text(encoding="utf-8")
+
 
 _env = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+    loader=jinja2.FunctionLoader(_template),
     undefined=jinja2.StrictUndefined,
     keep_trailing_newline=True,
     autoescape=False,
@@ -64,7 +69,7 @@ def render_unit(python: str, public_ip, iface=None, ip_masq: bool = True) -> str
         iface=iface,
         ip_masq=ip_masq,
         healthz=HEALTHZ,
-        runtime_directory=RUN_DIR.removeprefix("/run/"),
+        runtime_directory=posixpath.dirname(SUBNET_ENV).removeprefix("/run/"),
     )
 
 
