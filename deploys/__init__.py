@@ -1,5 +1,9 @@
-"""The pyinfra side of flannelette: deploy files, their reusable tasks and templates.
+"""flannelette.deploy: the overlay as a pyinfra library, and this repository's deploy files.
 
-Run from the repository root, where pyinfra puts the working directory on
-sys.path: `pyinfra inventory/prod.py deploys/overlay.py`.
+    from flannelette.deploy import overlay      # in a deploy file of one's own
+    overlay.install()
+
+`overlay.install` and `teardown.remove` are `@deploy` functions; tasks holds
+what they do, ops and facts the pyinfra pieces, render the files a host gets
+(from templates/), bundle the runtime's zipapp.
 """

@@ -25,6 +25,7 @@ from flannelette.deploy.render import (
     COMMAND, CONF_DIR, CONFLIST, LEASES, NET_CONF, PYZ, SYSCTL, UNIT, UNIT_NAME,
 )
 from flannelette.controller import inventory as flannel_inventory
+from flannelette.host.kernel.netlink import IP_FORWARD
 from flannelette.model.config import ConfigError
 from flannelette.model.plan import Plan
 
@@ -32,7 +33,6 @@ from flannelette.model.plan import Plan
 # teardown can put the host's setting back as it found it.
 STATE_DIR = "/var/lib/flannelette"
 IP_FORWARD_BEFORE = f"{STATE_DIR}/ip_forward.before"
-IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 # host-local keeps the addresses it handed out here, one directory per network.
 CNI_ALLOCATIONS = "/var/lib/cni/networks/flannelette"
 # Directories a deploy may have created; teardown removes them only when empty,
@@ -47,23 +47,46 @@ class DeployError(PyinfraError):
     """Stops the run before any operation executes: pyinfra prints it and exits 1."""
 
 
+def run_as_deploy_file(namespace: dict, deploy_function) -> None:
+    """Call `deploy_function` when pyinfra runs the file of `namespace` as a deploy file.
+
+    pyinfra executes a deploy file with no `__name__` of its own; imported as
+    a module (`from flannelette.deploy import overlay`, or pyinfra's
+    `flannelette.deploy.overlay.install`) the same file only defines.
+    """
+    if "__name__" not in namespace:
+        deploy_function()
+
+
 # -- the plan, once per run -------------------------------------------------------
 
 
-def inventory_path() -> Optional[str]:
-    """The INVENTORY argument of the running `pyinfra` command, as pyinfra parses it.
+def loaded_inventory_file(inventory) -> Optional[str]:
+    """The inventory file pyinfra's CLI loaded, or None (pyinfra's API, or hosts named on its command line).
 
-    The allocation file sits beside it (inventory/prod.py -> prod.leases.json).
-    None when pyinfra runs from the API, or the inventory isn't a file.
+    pyinfra puts every host of an inventory file in a group named after the
+    file (inventory/prod.py: "prod"); of the Python files the CLI ran, the
+    inventory is the one so named that isn't group data.
     """
-    from pyinfra_cli.cli import cli
-
-    try:
-        ctx = cli.make_context("pyinfra", sys.argv[1:], resilient_parsing=True)
-    except Exception:
+    cli = sys.modules.get("pyinfra_cli.util")  # never imported here: it patches the interpreter for gevent
+    if cli is None:
         return None
-    path = ctx.params.get("inventory")
-    return path if path and os.path.isfile(path) else None
+    everyone = set(inventory)
+    found = [
+        name for name in cli.PYTHON_CODES
+        if Path(name).parent.name != "group_data" and os.path.isfile(name)
+        and set(inventory.get_group(Path(name).stem, [])) == everyone
+    ]
+    return found[0] if len(found) == 1 else None
+
+
+def inventory_path(inventory, given: Optional[str] = None) -> str:
+    """The inventory file whose NAME.leases.json holds the allocations (inventory/prod.py -> prod.leases.json).
+
+    The deploy's argument, else the host data flannel_inventory, else the file
+    pyinfra loaded; without any, ./inventory.leases.json.
+    """
+    return given or host.data.get("flannel_inventory") or loaded_inventory_file(inventory) or "inventory"
 
 
 _plans: dict = {}
@@ -72,7 +95,7 @@ _plans: dict = {}
 def load_plan(inventory=None, path: Optional[str] = None) -> Plan:
     """The plan of the inventory being deployed, made once and shared by every host."""
     inventory = inventory if inventory is not None else host.inventory
-    path = path or inventory_path() or "inventory"
+    path = inventory_path(inventory, path)
     key = (id(inventory), path)
     if key not in _plans:
         try:
@@ -116,9 +139,15 @@ def overlay_mtu(plan: Plan) -> int:
 # -- the deploys -------------------------------------------------------------------
 
 
-@deploy("flannelette overlay")
-def overlay(plan: Plan, runtime: Optional[Path] = None):
-    """Put the runtime, its files and its unit on this host; start, reload or restart it."""
+@deploy("flannelette overlay", data_defaults=flannel_inventory.HOST_DEFAULTS)
+def install(inventory_file: Optional[str] = None, runtime: Optional[Path] = None):
+    """Put the runtime, its files and its unit on this host; start, reload or restart it.
+
+    Every host of the inventory is validated and planned first, once per run:
+    a problem anywhere stops the run before any host is touched.
+    `inventory_file` names the inventory file when pyinfra can't tell.
+    """
+    plan = load_plan(path=inventory_file)
     python = require_python3()
     mtu = overlay_mtu(plan)
     runtime_op = install_runtime(runtime or bundle.build_once())
@@ -186,7 +215,7 @@ def remember_ip_forward() -> None:
 
 
 @deploy("flannelette teardown")
-def teardown():
+def remove():
     """Stop and remove the overlay: the host as it was before the first deploy.
 
     Stopping the runtime removes what it made in the kernel (flannel0, its

@@ -2,8 +2,11 @@
 what the runtime made in the kernel, leaving each host as it was before.
 
     pyinfra -y inventory/prod.py deploys/teardown.py
+
+or, from a deploy file of one's own, `from flannelette.deploy import teardown;
+teardown.remove()`.
 """
 
-from flannelette.deploy import tasks
+from flannelette.deploy.tasks import remove, run_as_deploy_file
 
-tasks.teardown()
+run_as_deploy_file(globals(), remove)

@@ -87,16 +87,50 @@ def test_an_old_python3_on_one_host_stops_the_run_naming_host_and_version(tmp_pa
     assert "Beginning operation run" not in result.output
 
 
-def test_the_inventory_argument_is_found_among_pyinfras_options(tmp_path):
-    inventory = write_inventory(tmp_path / "fleet.py", [host(1)], allocate=False)
-    # In a process of its own: pyinfra's CLI, which parses the arguments, patches the interpreter.
-    probe = "import sys; from flannelette.deploy import tasks; sys.argv = sys.argv[1:]; print(tasks.inventory_path())"
-    for argv, found in (
-        (["pyinfra", "-y", "--limit", "node1", "-vv", inventory, "deploys/overlay.py", "--dry"], inventory),
-        (["pytest", "-q"], "None"),
-    ):
-        done = subprocess.run([sys.executable, "-c", probe, *argv], cwd=ROOT, capture_output=True, text=True)
-        assert done.stdout.strip() == found, done.stderr
+def operations(output: str) -> list:
+    """The operations pyinfra started, in order."""
+    return [line.split(":", 1)[1].strip() for line in output.splitlines() if line.startswith("--> Starting operation:")]
+
+
+OWN_DEPLOY = "from flannelette.deploy import overlay\n\noverlay.install()\n"
+
+
+def test_a_deploy_file_of_ones_own_in_any_directory_does_what_overlay_py_does(tmp_path):
+    inventory = write_inventory(tmp_path / "fleet.py", [host(1), host(2)])
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "deploy.py").write_text(OWN_DEPLOY)
+    ours = pyinfra(inventory)
+    # The allocation file is found beside the inventory pyinfra loaded, whatever options come first.
+    argv = [sys.executable, "-m", "pyinfra", "-y", "-vv", "--limit", "@fake/node*", "../fleet.py", "deploy.py"]
+    theirs = subprocess.run(argv, cwd=tmp_path / "mine", capture_output=True, text=True, timeout=120)
+    assert theirs.returncode == 0, theirs.stdout + theirs.stderr
+    assert operations(theirs.stdout + theirs.stderr) == operations(ours.output) != []
+
+
+def test_pyinfra_runs_the_deploy_functions_by_their_dotted_names(tmp_path):
+    inventory = write_inventory(tmp_path / "fleet.py", [host(1)])
+    for function, script in (("flannelette.deploy.overlay.install", "deploys/overlay.py"),
+                             ("flannelette.deploy.teardown.remove", "deploys/teardown.py")):
+        by_name, by_file = pyinfra(inventory, deploy=function), pyinfra(inventory, deploy=script)
+        assert by_name.returncode == 0, by_name.output
+        assert operations(by_name.output) == operations(by_file.output) != []
+
+
+def test_importing_the_deploy_files_as_modules_runs_nothing(tmp_path):
+    inventory = write_inventory(tmp_path / "fleet.py", [host(1)])
+    (tmp_path / "deploy.py").write_text("from flannelette.deploy import overlay, teardown\n")
+    argv = [sys.executable, "-m", "pyinfra", "-y", inventory, "deploy.py"]
+    result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert operations(result.stdout + result.stderr) == []
+
+
+def test_host_data_may_name_the_inventory_whose_allocations_a_run_uses(tmp_path):
+    inventory = write_inventory(tmp_path / "fleet.py", [host(1)])
+    named = write_inventory(tmp_path / "named.py", [host(1, flannel_inventory=inventory)], allocate=False)
+    assert pyinfra(named).returncode == 0
+    unnamed = write_inventory(tmp_path / "unnamed.py", [host(1)], allocate=False)
+    assert f"flannelette plan {unnamed} --write" in pyinfra(unnamed).output
 
 
 def test_teardown_needs_no_plan_and_runs_on_a_host_without_the_overlay(tmp_path):

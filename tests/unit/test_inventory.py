@@ -116,3 +116,18 @@ def test_bad_allocation_file_is_named(tmp_path):
     with pytest.raises(ConfigError) as raised:
         inventory.read_allocations(str(path))
     assert str(raised.value) == f"{path}: leases[0].public_ip: 'nope' is not an IPv4 address"
+
+
+def test_every_flannel_key_has_a_default_and_the_deploy_takes_them():
+    from flannelette import schemas
+    from flannelette.deploy import tasks
+
+    assert set(inventory.HOST_DEFAULTS) == set(schemas.load("host"))
+    assert tasks.install._inner.deploy_data is inventory.HOST_DEFAULTS
+
+
+def test_an_inventory_with_no_flannel_data_gets_the_default_network():
+    inv = Inventory(([("node1", {"ssh_hostname": "192.168.56.11"})], {}))
+    conf, hosts = inventory.read_hosts(inv)
+    assert (str(conf.network), conf.subnet_len, conf.port) == ("10.244.0.0/16", 24, 8285)
+    assert (hosts[0].subnet, hosts[0].iface, hosts[0].ip_masq) == (None, None, True)

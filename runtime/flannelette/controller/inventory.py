@@ -18,6 +18,17 @@ from flannelette.model.problems import schema_problems
 from flannelette.model.plan import HostSpec, Plan, make_plan
 
 NET_CONF_KEY = "flannel_net_conf"
+# Every flannel_* key of a host's data and its value when the inventory gives
+# none; None leaves it unset, for what is derived (or allocated) per host.
+HOST_DEFAULTS = {
+    NET_CONF_KEY: {"Network": "10.244.0.0/16", "Backend": {"Type": "udp"}},
+    "flannel_public_ip": None,  # ssh_hostname, or the host's name, when that is an IPv4 address
+    "flannel_subnet": None,  # allocated into the allocation file beside the inventory
+    "flannel_iface": None,  # the interface holding flannel_public_ip
+    "flannel_ip_masq": True,
+    "flannel_wire": WIRE_FLANNELETTE,
+    "flannel_inventory": None,  # the inventory file pyinfra loaded
+}
 
 
 def load(path: str):
@@ -66,7 +77,7 @@ def read_hosts(inventory) -> tuple:
     confs: dict = {}
     hosts = []
     for host in inventory:
-        data = host.data.dict()
+        data = host_data(host.data.dict())
         before = len(problems)
         problems += schema_problems(_flannel_keys(data), "host", host.name)
         if len(problems) > before:
@@ -81,6 +92,11 @@ def read_hosts(inventory) -> tuple:
     if problems:
         raise ConfigError(problems)
     return next(iter(confs.values()))[0], hosts
+
+
+def host_data(data: dict) -> dict:
+    """A host's data over HOST_DEFAULTS, without the keys left unset (None)."""
+    return {k: v for k, v in {**HOST_DEFAULTS, **data}.items() if v is not None}
 
 
 def _flannel_keys(data: dict) -> dict:
@@ -126,8 +142,7 @@ def _host_spec(name: str, data: dict, problems: list) -> Optional[HostSpec]:
         problems.append(Problem(name, "flannel_iface", f"{iface!r} is not a Linux interface name (1-15 characters, no '/', ':' or spaces)"))
     if len(problems) > before:
         return None
-    return HostSpec(name, public_ip, subnet, iface, data.get("flannel_ip_masq", True),
-                    data.get("flannel_wire", WIRE_FLANNELETTE))
+    return HostSpec(name, public_ip, subnet, iface, data["flannel_ip_masq"], data["flannel_wire"])
 
 
 def _public_ip(name: str, data: dict, problems: list) -> Optional[IPv4Address]:
