@@ -1,12 +1,16 @@
 """The deploy end to end: the real `pyinfra` command over SSH on booted lab hosts.
 
-One lab of its own (name "deploy", underlay 192.168.59.0/24) goes through the
-life of a fleet, test by test, in order: a fresh deploy, a run that changes
-nothing, a fourth host joining while a TCP stream flows, a broken net-conf
-stopped before any host is touched, and a teardown that leaves every host as
-it was before the first deploy. The lab is taken down even when a test fails.
+One lab of its own (name "deploy", underlay 192.168.59.0/24, or as
+FLANNELETTE_E2E_DEPLOY_LAB and FLANNELETTE_E2E_DEPLOY_NETWORK say) goes
+through the life of a fleet, test by test, in order: a fresh deploy, a run that
+changes nothing, a fourth host joining while a TCP stream flows, a broken
+net-conf stopped before any host is touched, a teardown that leaves every host
+as it was before the first deploy, and the same overlay again from the
+distribution installed elsewhere with a deploy file of one's own. The lab is
+taken down even when a test fails.
 """
 
+import os
 import re
 import shutil
 import subprocess
@@ -22,7 +26,9 @@ from lab import Lab
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-LAB_NAME, LAB_NETWORK = "deploy", "192.168.59.0/24"
+# Overridable, so that two checkouts' e2e tiers can run on one machine at once.
+LAB_NAME = os.environ.get("FLANNELETTE_E2E_DEPLOY_LAB", "deploy")
+LAB_NETWORK = os.environ.get("FLANNELETTE_E2E_DEPLOY_NETWORK", "192.168.59.0/24")
 NETNS = "e2e"
 TIMINGS: dict = {}
 # What of a host the overlay may touch, listed so a teardown can be compared
@@ -67,9 +73,9 @@ class Fleet:
         shutil.copy(self.lab.inventory_path, self.inventory)
         demo.allocate(str(self.inventory))
 
-    def deploy(self, script: str = "deploys/overlay.py") -> subprocess.CompletedProcess:
+    def deploy(self, script: str = "deploys/overlay.py", run=demo.deploy) -> subprocess.CompletedProcess:
         started = time.monotonic()
-        result = demo.deploy(str(self.inventory), script)
+        result = run(str(self.inventory), script)
         result.seconds = time.monotonic() - started
         result.output = result.stdout + result.stderr
         return result
@@ -218,3 +224,52 @@ def test_teardown_leaves_every_host_as_it_was_before_the_first_deploy(fleet):
         assert fleet.snapshot(host) == fleet.before[host], host
     again = fleet.deploy("deploys/teardown.py")
     assert again.returncode == 0 and changed_hosts(again.output) == set(), again.output
+
+
+OWN_DEPLOY = """\
+from flannelette.deploy import overlay
+
+overlay.install()
+"""
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """`pyinfra` of a fresh virtual environment outside the repository, with
+    `flannelette[deploy]` installed (not editable) from a copy of the tree."""
+    top = tmp_path_factory.mktemp("installed")
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout
+    for name in filter(None, listed.split("\0")):
+        if (ROOT / name).is_file():
+            (top / "source" / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, top / "source" / name)
+    subprocess.run([sys.executable, "-m", "venv", str(top / "venv")], check=True)
+    pip = subprocess.run([str(top / "venv" / "bin" / "pip"), "install", "-q", f"{top / 'source'}[deploy]"],
+                         cwd=top, capture_output=True, text=True, timeout=900)
+    assert pip.returncode == 0, pip.stdout + pip.stderr
+    return top / "venv" / "bin" / "pyinfra"
+
+
+def test_an_installed_distribution_and_a_deploy_file_of_ones_own_give_the_same_overlay(fleet, installed, tmp_path):
+    (tmp_path / "deploy.py").write_text(OWN_DEPLOY)
+
+    def own_deploy(inventory, script):
+        return subprocess.run([str(installed), "-y", inventory, script], cwd=tmp_path, capture_output=True, text=True)
+
+    result = fleet.deploy("deploy.py", run=own_deploy)
+    TIMINGS["installed package, fresh deploy"] = result.seconds
+    assert result.returncode == 0, result.output
+    for host in fleet.hosts():
+        assert fleet.run(host, "systemctl is-active flannelette") == "active"
+        assert "ready" in fleet.run(host, "flannelette status").splitlines()[0]
+        fleet.addresses[host] = demo.attach(fleet.lab, host, NETNS)
+    reached = demo.reachability(fleet.lab, fleet.addresses, NETNS)
+    assert all(reached.values()), demo.render_matrix(fleet.addresses, reached, NETNS)
+    pids = {host: fleet.main_pid(host) for host in fleet.hosts()}
+    again = fleet.deploy("deploy.py", run=own_deploy)
+    assert again.returncode == 0 and changed_hosts(again.output) == set(), again.output
+    # The repository's deploy file finds every host as it would have left it.
+    ours = fleet.deploy()
+    assert ours.returncode == 0 and changed_hosts(ours.output) == set(), ours.output
+    assert {host: fleet.main_pid(host) for host in fleet.hosts()} == pids
