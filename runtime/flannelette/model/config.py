@@ -6,6 +6,7 @@ file in one pass; each problem names the file, the field and the value.
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
@@ -21,6 +22,9 @@ MAX_SUBNET_LEN = 30
 MAX_NETWORK_PREFIX = 28
 # Backend.Wire and a lease's wire (docs/wire.md).
 WIRE_AUTO, WIRE_FLANNEL, WIRE_FLANNELETTE = "auto", "flannel", "flannelette"
+# Backend.Encryption (docs/encryption.md).
+ENCRYPTION_OFF, ENCRYPTION_ON, ENCRYPTION_REQUIRED = "off", "on", "required"
+KEY_LEN = 32  # bytes of a WireGuard key
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class NetConf:
     enable_nftables: bool = False
     backend_type: str = "udp"
     wire: str = WIRE_AUTO  # Backend.Wire: "flannel" keeps the whole network on flannel's format
+    encryption: str = ENCRYPTION_ON  # Backend.Encryption
     source: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -68,15 +73,23 @@ class Lease:
     subnet: IPv4Network
     public_ip: IPv4Address
     wire: str = WIRE_FLANNELETTE  # "flannel": a flanneld host, which speaks flannel's format only
+    public_key: Optional[str] = None  # its WireGuard public key, base64
 
     @property
     def gateway(self) -> IPv4Address:
         return self.subnet.network_address + 1
 
+    @property
+    def key(self) -> Optional[bytes]:
+        """The public key as 32 bytes, or None."""
+        return decode_key(self.public_key) if self.public_key else None
+
     def to_json(self) -> dict:
         document = {"host": self.host, "subnet": str(self.subnet), "public_ip": str(self.public_ip)}
         if self.wire != WIRE_FLANNELETTE:  # the default is left out, so older tables keep their bytes
             document["wire"] = self.wire
+        if self.public_key:
+            document["public_key"] = self.public_key
         return document
 
 
@@ -224,6 +237,12 @@ class _NetConfChecks:
         port = backend.get("Port")
         if isinstance(port, int) and not 1 <= port <= 65535:
             self.fail("Backend.Port", f"{port} is not a UDP port: must be between 1 and 65535")
+        if backend.get("Wire") == WIRE_FLANNEL and backend.get("Encryption") == ENCRYPTION_REQUIRED:
+            self.fail(
+                "Backend.Encryption",
+                'required, but Backend.Wire is flannel, which keeps every host on flannel\'s plain format; '
+                'set one of them otherwise',
+            )
 
     def _ipv6(self) -> None:
         if self.get("EnableIPv6"):
@@ -255,6 +274,7 @@ class _NetConfChecks:
             port=backend.get("Port", DEFAULT_PORT),
             enable_nftables=bool(self.data.get("EnableNFTables", False)),
             wire=backend.get("Wire", WIRE_AUTO),
+            encryption=backend.get("Encryption", ENCRYPTION_ON),
             source=self.data,
         )
 
@@ -291,18 +311,34 @@ def _lease(entry: dict, at: str, where: str, net_conf: NetConf, problems: list) 
         why = net_conf.subnet_problem(subnet)
         if why:
             fail("subnet")(why)
+    wire, public_key = entry.get("wire", WIRE_FLANNELETTE), entry.get("public_key")
+    if public_key is not None and decode_key(public_key) is None:
+        fail("public_key")(f"{public_key!r} is not a WireGuard key (44 characters of base64, as `wg pubkey` prints)")
+    if net_conf.encryption == ENCRYPTION_REQUIRED:
+        if wire == WIRE_FLANNEL:
+            fail("wire")(
+                "flannel: a flanneld host can't encrypt, and Backend.Encryption is required; "
+                "remove the host or set Backend.Encryption to on"
+            )
+        elif public_key is None:
+            fail("public_key")(
+                "missing, and Backend.Encryption is required: every host needs a key "
+                "(the deploy reads each host's; see docs/encryption.md)"
+            )
     if len(problems) > before:
         return None
-    return Lease(entry["host"], subnet, public_ip, entry.get("wire", WIRE_FLANNELETTE))
+    return Lease(entry["host"], subnet, public_ip, wire, public_key)
 
 
 def lease_conflicts(leases: list[Lease], where: str) -> list[Problem]:
     """Two leases sharing a host name, a subnet or a public IP."""
     problems = []
-    for attr in ("host", "subnet", "public_ip"):
+    for attr in ("host", "subnet", "public_ip", "public_key"):
         seen: dict = {}
         for lease in leases:
             value = getattr(lease, attr)
+            if value is None:
+                continue
             if value in seen:
                 problems.append(
                     Problem(where, attr, f"{value} is held by both {seen[value]} and {lease.host}")
@@ -312,6 +348,15 @@ def lease_conflicts(leases: list[Lease], where: str) -> list[Problem]:
 
 
 # -- shared helpers --------------------------------------------------------------
+
+
+def decode_key(text: str) -> Optional[bytes]:
+    """A WireGuard key from its base64 (44 characters), or None."""
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return key if len(key) == KEY_LEN else None
 
 
 def parse_cidr(text: str, fail) -> Optional[IPv4Network]:
