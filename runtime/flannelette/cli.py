@@ -46,6 +46,12 @@ HOST_COMMANDS = {
         "run the overlay on this host (what the systemd unit starts)",
         "Bring up flannel0 and cni0 for this host's lease and carry packets to the other hosts.",
     ),
+    "keygen": Command(
+        "flannelette.host.keys",
+        "make this host's WireGuard key, if it has none, and print its public key",
+        "Make this host's private key (0600) when there is none, and print its public key in "
+        "WireGuard's base64, for the lease table. The private key never leaves the host.",
+    ),
     "status": Command(
         "flannelette.host.status",
         "summarise the local runtime",
@@ -67,6 +73,7 @@ On the operator's machine:
 On a host (started by systemd):
   flannelette run --net-conf FILE --leases FILE --public-ip IP
   flannelette status
+  flannelette keygen                         make this host's key, print its public key
 """
 
 

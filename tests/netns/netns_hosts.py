@@ -152,11 +152,21 @@ class Host:
         self.notes = None
         self.pods = 0
         self.wire = None  # "flannel" marks a flanneld host in leases.json
+        self.private_key = None  # its key file, once make_key() made one
+        self.public_key = None
+
+    def make_key(self):
+        """A key for this host, made as a host makes it (`flannelette keygen`); its public half goes in the lease."""
+        self.private_key = os.path.join(self.cluster.workdir, f"{self.name}.key")
+        self.public_key = sh(*flannelette_command(), "keygen", "--private-key", self.private_key).stdout.strip()
+        return self.public_key
 
     def lease(self):
         lease = {"host": self.name, "subnet": str(self.subnet), "public_ip": self.public_ip}
         if self.wire:
             lease["wire"] = self.wire
+        if self.public_key:
+            lease["public_key"] = self.public_key
         return lease
 
     def run(self, *argv, check=True, timeout=60):
@@ -171,7 +181,8 @@ class Host:
         argv = ["ip", "netns", "exec", self.ns] + (release or flannelette_command()) + [
             "run", "--net-conf", self.cluster.net_conf, "--leases", self.cluster.leases,
             "--public-ip", self.public_ip, "--subnet-file", self.subnet_file, "--healthz", HEALTHZ,
-        ] + (["--ip-masq"] if ip_masq else []) + list(extra)
+        ] + (["--ip-masq"] if ip_masq else []) + (["--private-key", self.private_key] if self.private_key else []) \
+            + list(extra)
         env = dict(os.environ, NOTIFY_SOCKET=socket_path)
         log = open(self.log_path, "a")
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -271,8 +282,9 @@ class Cluster:
         self.leases = os.path.join(workdir, "leases.json")
         self.path_mtu = None
 
-    def build(self, count, net_conf=None, path_mtu=None):
-        """`count` hosts; with `path_mtu`, the last one beyond a router whose link to it has that MTU."""
+    def build(self, count, net_conf=None, path_mtu=None, keys=False):
+        """`count` hosts; with `path_mtu`, the last one beyond a router whose link to it has that MTU; with `keys`,
+        each with a WireGuard key in its lease."""
         self._add_ns(self.switch)
         sh("ip", "netns", "exec", self.switch, "ip", "link", "add", "br0", "type", "bridge")
         sh("ip", "netns", "exec", self.switch, "ip", "link", "set", "br0", "up")
@@ -281,7 +293,9 @@ class Cluster:
         with open(self.net_conf, "w") as f:
             json.dump(net_conf or {"Network": str(NETWORK), "Backend": {"Type": "udp"}}, f)
         for i in range(count):
-            self.add_host(far=bool(path_mtu) and i == count - 1)
+            host = self.add_host(far=bool(path_mtu) and i == count - 1)
+            if keys:
+                host.make_key()
         self.write_leases(self.hosts)
         return self.hosts
 

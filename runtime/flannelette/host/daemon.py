@@ -15,7 +15,8 @@ import time
 from ipaddress import IPv4Address, IPv4Interface
 from typing import Callable, List, Optional, Tuple
 
-from flannelette.host import healthz, metrics, notify, subnetenv
+from flannelette.host import healthz, keys, metrics, notify, subnetenv
+from flannelette.host.datapath import noise, sessions
 from flannelette.host.datapath.loop import DataPath
 from flannelette.host.datapath.leases import LeaseTable
 from flannelette.host.kernel import netlink, tun, udp
@@ -56,6 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--ip-masq", action="store_true", help="masquerade traffic leaving the overlay, as flanneld")
     parser.add_argument(
+        "--private-key", metavar="FILE", help="this host's WireGuard private key (0600; `flannelette keygen` makes "
+        "one): encrypt with every peer whose lease has a public key, unless Backend.Encryption is off",
+    )
+    parser.add_argument("--psk", metavar="FILE", help="the network's preshared key (0600), the same on every host")
+    # Tests shorten it to see a rekey within minutes; the code path is the same.
+    parser.add_argument("--rekey-after", type=float, default=sessions.REKEY_AFTER_TIME, help=argparse.SUPPRESS)
+    parser.add_argument(
         "--healthz", metavar="ADDR:PORT",
         help=f"serve /healthz, /readyz and /metrics here (default off; e.g. 127.0.0.1:{healthz.DEFAULT_PORT})",
     )
@@ -93,6 +101,7 @@ class Runtime:
         self.net_conf = config.load_net_conf(args.net_conf)
         leases = config.load_leases(args.leases, self.net_conf)
         self.own = own_lease(leases, self.public_ip, args.leases)
+        self.identity, self.psk = self._keys()
         self.leases = leases  # the table in use is the data path's, made from these
         self.ready = False
         self.reloads = {"ok": 0, "failed": 0}
@@ -107,6 +116,38 @@ class Runtime:
     @property
     def lease_count(self) -> int:
         return len(self.leases)
+
+    def _keys(self):
+        """(this host's noise.Identity, the preshared key), or (None, None) where nothing is encrypted."""
+        mode = self.net_conf.encryption
+        if mode == config.ENCRYPTION_OFF or self.net_conf.wire == config.WIRE_FLANNEL:
+            return None, None
+        if not self.args.private_key:
+            if mode == config.ENCRYPTION_REQUIRED:
+                raise StartError("Backend.Encryption is required, but no --private-key was given "
+                                 "(`flannelette keygen` makes one)")
+            log.warning("no --private-key: nothing is encrypted (Backend.Encryption is on)")
+            return None, None
+        from flannelette.host.datapath import crypto
+
+        try:
+            crypto.check()
+            private = keys.read_key(self.args.private_key)
+            psk = keys.read_key(self.args.psk, "preshared key") if self.args.psk else None
+        except crypto.Unavailable as e:
+            raise StartError(f"this host can't encrypt: {e}; or set Backend.Encryption to off") from None
+        except keys.KeyFileError as e:
+            raise StartError(str(e)) from None
+        identity = noise.Identity(private)
+        self._check_own_key(self.own, identity)
+        return identity, psk
+
+    def _check_own_key(self, own, identity) -> None:
+        if own.key is not None and own.key != identity.public:
+            raise StartError(
+                f"{self.args.leases}: the public key of {own.host} ({own.public_key}) is not that of "
+                f"--private-key {self.args.private_key}; deploy again so the lease table has this host's key"
+            )
 
     def _table(self, leases, previous=None) -> LeaseTable:
         force = self.net_conf.wire == config.WIRE_FLANNEL
@@ -153,7 +194,8 @@ class Runtime:
         index = netlink.link_index(ipr, name)
         if index is None:
             raise StartError(f"--iface {name}: no such interface")
-        return netlink.link_mtu(ipr, index) - netlink.ENCAP_OVERHEAD
+        overhead = netlink.ENCAP_OVERHEAD + (noise.OVERHEAD if self.identity is not None else 0)
+        return netlink.link_mtu(ipr, index) - overhead
 
     def _ip_forward(self) -> None:
         netlink.enable_ip_forward()
@@ -221,9 +263,16 @@ class Runtime:
         self.datapath = DataPath(
             self.tun_fd, self.sock, self._table(self.leases), self.mtu, self.own.subnet.network_address, time.monotonic,
             set_offload=lambda on: tun.set_offload(self.tun_fd, on),
+            sessions=self._sessions(), required=self.net_conf.encryption == config.ENCRYPTION_REQUIRED,
         )
         self.datapath.start()
         self.undo.append(("data path", self.datapath.stop))
+
+    def _sessions(self):
+        if self.identity is None:
+            return None
+        log.info("encrypting with every peer whose lease has a public key (%s)", self.net_conf.encryption)
+        return sessions.Sessions(self.identity, self.psk, time.monotonic, rekey_after=self.args.rekey_after)
 
     # -- while running -------------------------------------------------------------
 
@@ -244,6 +293,10 @@ class Runtime:
 
     def _check_own(self, leases) -> None:
         own = own_lease(leases, self.public_ip, self.args.leases)
+        if self.identity is not None and own.key is not None and own.key != self.identity.public:
+            raise StartError(
+                f"this host's public key changed to {own.public_key}; restart flannelette to take its new key"
+            )
         if own.subnet != self.own.subnet:
             raise StartError(
                 f"this host's subnet changed from {self.own.subnet} to {own.subnet}; "

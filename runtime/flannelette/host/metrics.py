@@ -83,14 +83,33 @@ def _peers(out: Exposition, path) -> None:
             samples.append((labels(direction="rx", **base), getattr(peer.counts, rx)))
         out.metric(f"peer_{name}", "counter", f"Inner {what} carried per peer, by direction.", samples)
     out.metric("peer_info", "gauge",
-               "Per peer: the format it is sent (flannel, segments), what the capability exchange knows of it "
+               "Per peer: the format it is sent (flannel, fast, sealed, wireguard), what the capability exchange knows of it "
                "(flannel, probing, silent, confirmed, previous) and the release it reported.",
                [(labels(**base, format=formats.NAMES[peer.format], exchange=peer.exchange.state if peer.exchange else "",
                         release=peer.exchange.release if peer.exchange else ""), 1) for peer, base in named])
+    _tunnels(out, [(peer, peer.tunnel) for peer, _ in named if peer.tunnel is not None], now_mono)
     out.metric("peer_last_heard_timestamp_seconds", "gauge",
                "Per peer: when the last datagram accepted from it arrived (Unix time; absent: never).",
                [(labels(peer=peer.host), round(now_wall - (now_mono - peer.heard), 3))
                 for peer, _ in named if peer.heard is not None])
+
+
+def _tunnels(out: Exposition, tunnels, now: float) -> None:
+    """WireGuard's state per peer with a key (docs/encryption.md)."""
+    out.metric("peer_handshake_timestamp_seconds", "gauge",
+               "Per peer: when the last handshake with it completed (Unix time; absent: never).",
+               [(labels(peer=peer.host), round(t.handshake_wall, 3)) for peer, t in tunnels if t.handshake_wall])
+    out.metric("peer_session_age_seconds", "gauge", "Per peer: the age of the keypair packets to it are sealed with.",
+               [(labels(peer=peer.host), round(now - t.session_at, 3)) for peer, t in tunnels
+                if t.session_at is not None and t.current is not None])
+    out.metric("peer_handshakes_total", "counter", "Per peer: handshakes this host initiated, and answered.",
+               [sample for peer, t in tunnels for sample in (
+                   (labels(peer=peer.host, role="initiated"), t.initiated_total),
+                   (labels(peer=peer.host, role="answered"), t.answered_total))])
+    out.metric("peer_auth_failed_total", "counter", "Per peer: messages under its sessions that did not open.",
+               [(labels(peer=peer.host), t.auth_failed) for peer, t in tunnels])
+    out.metric("peer_replayed_total", "counter", "Per peer: messages refused as replays (a counter seen before).",
+               [(labels(peer=peer.host), t.replayed) for peer, t in tunnels])
 
 
 def parse(text: str) -> List[Tuple[str, dict, float]]:

@@ -82,12 +82,20 @@ def _peer_lines(by_name, now: float) -> List[str]:
         row = peers[(labels["peer"], labels["subnet"], labels["public_ip"])]
         row["format"], row["exchange"], row["release"] = labels["format"], labels["exchange"], labels.get("release", "")
     heard = {labels["peer"]: value for labels, value in by_name.get("peer_last_heard_timestamp_seconds", ())}
+    handshake = {labels["peer"]: value for labels, value in by_name.get("peer_handshake_timestamp_seconds", ())}
+    failed = defaultdict(float)
+    for name in ("peer_auth_failed_total", "peer_replayed_total"):
+        for labels, value in by_name.get(name, ()):
+            failed[labels["peer"]] += value
+    keyed = {labels["peer"] for labels, _ in by_name.get("peer_auth_failed_total", ())}
     if not peers:
         return ["  peers       none"]
-    rows = [("PEER", "SUBNET", "PUBLIC IP", "FORMAT", "EXCHANGE", "RELEASE", "HEARD", "TX PACKETS", "RX PACKETS")]
+    rows = [("PEER", "SUBNET", "PUBLIC IP", "FORMAT", "EXCHANGE", "RELEASE", "HEARD", "HANDSHAKE", "REFUSED",
+             "TX PACKETS", "RX PACKETS")]
     for (peer, subnet, public_ip), row in sorted(peers.items()):
         rows.append((peer, subnet, public_ip, row.get("format", "?"), row.get("exchange", "?"), row.get("release") or "-",
-                     _ago(now, heard.get(peer)), row.get("tx", "0"), row.get("rx", "0")))
+                     _ago(now, heard.get(peer)), _ago(now, handshake.get(peer)) if peer in keyed else "-",
+                     f"{failed[peer]:.0f}" if peer in keyed else "-", row.get("tx", "0"), row.get("rx", "0")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return [""] + ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
 

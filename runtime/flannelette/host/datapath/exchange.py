@@ -93,8 +93,10 @@ class Exchanges:
     """Every peer's exchange, and the timers of all of them in one heap."""
 
     def __init__(self, taken: int, release: str, on_format: Callable = lambda peer, old, new: None,
-                 rng: Optional[random.Random] = None):
-        self.taken, self.release, self.on_format = taken, release, on_format
+                 rng: Optional[random.Random] = None, decide: Callable = lambda peer, best: best):
+        # decide(peer, best): the format to send `peer`, given the best one the exchange found (the data path
+        # weighs in what the exchange can't know: whether a session with the peer is encrypted).
+        self.taken, self.release, self.on_format, self.decide = taken, release, on_format, decide
         self.table = None
         self.heap: List[Tuple[float, int, object, int]] = []
         self.order = itertools.count()
@@ -114,6 +116,7 @@ class Exchanges:
             else:
                 peer.exchange = Exchange(PROBING)
                 self._ask(peer, now)
+            self.reconsider(peer)
 
     def current(self, peer) -> bool:
         return self.table is not None and self.table.by_address.get(peer.ip) is peer
@@ -217,9 +220,19 @@ class Exchanges:
         self._set_format(peer, formats.best_common(taken, self.taken))
         self._schedule(peer, None)
 
+    def reconsider(self, peer) -> None:
+        """Set the peer's format again from what is known of it (something besides the exchange changed)."""
+        exchange = peer.exchange
+        best = formats.FLANNEL
+        if exchange.state == CONFIRMED:
+            best = formats.best_common(exchange.formats, self.taken)
+        self._set_format(peer, best)
+
     def _set_format(self, peer, new: int) -> None:
         if peer.marked_flannel or (self.table is not None and self.table.force_flannel):
             new = formats.FLANNEL
+        else:
+            new = self.decide(peer, new)
         old, peer.format = peer.format, new
         if old != new:
             self.on_format(peer, old, new)

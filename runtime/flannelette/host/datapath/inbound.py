@@ -19,8 +19,9 @@ import os
 import socket
 from typing import Iterator
 
-from flannelette.host.datapath import batch, exchange, formats, frames, packet, segments, trains
+from flannelette.host.datapath import batch, exchange, formats, frames, noise, packet, segments, trains
 from flannelette.host.datapath.coalesce import HEADERS, Coalescer, finish_gso
+from flannelette.host.datapath.encrypted import buffer_address
 from flannelette.host.datapath.packet import CHECKSUM, IPV4_FIELDS
 from flannelette.host.datapath.vnet import PLAIN, VNET_HDR_LEN
 from flannelette.host.kernel.udp import Receiver
@@ -43,6 +44,7 @@ class Inbound:
     def _udp_to_tun(self) -> Iterator[bool]:
         receiver = Receiver(self.recv_sock)
         view, slot, receive = receiver.view, receiver.SLOT, receiver.receive
+        self._receive_at = buffer_address(receiver.buffer)  # where transport messages are opened from
         self._coalescer = Coalescer(self._write_tun)
         while not self._stopping:
             try:
@@ -81,6 +83,8 @@ class Inbound:
                 i = j + (1 if tail else 0)
             if self._waiting_trains:
                 self._keep_waiting_trains(now)
+            if self._open_units:
+                self._keep_waiting_units(now)
             yield True
 
     # -- a run ---------------------------------------------------------------------
@@ -88,6 +92,21 @@ class Inbound:
     def _deliver(self, view, start: int, count: int, stride: int, size: int, tail: int, peer, now: float) -> None:
         """`count` datagrams of `size` bytes, `stride` apart from `start`, then maybe one of `tail` bytes, from `peer`."""
         first = view[start]
+        guarded = self.required or (peer.tunnel is not None and peer.tunnel.ever)  # nothing plain from it
+        if guarded or first == formats.SEALED_UNIT or first == noise.TRANSPORT:
+            firsts = bytes(view[start:start + count * stride:stride]) + (bytes(view[start + count * stride:][:1])
+                                                                         if tail else b"")
+            if firsts.count(first) == len(firsts):
+                if first == formats.SEALED_UNIT:
+                    self._deliver_sealed(view, start, count, stride, size, tail, peer, now)
+                    return
+                if first == noise.TRANSPORT:
+                    for position, n in [(start + i * stride, size) for i in range(count)] + (
+                            [(start + count * stride, tail)] if tail else []):
+                        self._transport_datagram(view, position, n, peer, now)
+                    return
+            self._deliver_each(view, start, count, stride, size, tail, peer, now)
+            return
         if first == formats.TRAIN and peer.frames is None:
             if peer.format != formats.FAST:
                 self.exchanges.on_segments(peer, now)
@@ -226,6 +245,22 @@ class Inbound:
                 else:
                     continue
             first = view[position]
+            if first == formats.SEALED_UNIT:
+                coalescer.flush()  # in order with what went before
+                self._sealed_datagram(view, position, n, peer, now)
+                continue
+            if first == noise.TRANSPORT:
+                coalescer.flush()
+                self._transport_datagram(view, position, n, peer, now)
+                continue
+            if first in noise.LENGTHS and noise.kind(view[position:position + 4], n) \
+                    and peer.exchange.state != exchange.PREVIOUS:  # a frame of flannelette 0.1 may look the same
+                self._handshake(view[position:position + n], n, first, peer, now)
+                continue
+            if (self.required or (peer.tunnel is not None and peer.tunnel.ever)) \
+                    and first != formats.HELLO and first != formats.ANSWER:
+                self._refuse_plain(peer)
+                continue
             if formats.is_plain(first):
                 self._deliver_plain(view, position, n, 0, peer, coalescer)
             elif first == formats.SEGMENT:
@@ -326,13 +361,8 @@ class Inbound:
         first = pieces[0]
         if not isinstance(first, memoryview) or first.readonly:
             first = pieces[0] = memoryview(bytearray(first))
-        problem = frames.problem(first, length, self.mtu) or self.table.sender_problem(peer, first[VNET_HDR_LEN:])
-        if problem is None and first[VNET_HDR_LEN + 8] <= 1:
-            problem = packet.TTL_EXPIRED
-        if problem is not None:
-            self._drop(problem, "%d bytes (a train) from %s", length, peer.host)
+        if not self._admit(first[VNET_HDR_LEN:], frames.problem(first, length, self.mtu), length, peer, "a train"):
             return
-        packet.decrement_ttl(first[VNET_HDR_LEN:])  # in the one header the kernel copies into every segment
         if self._writev_tun(pieces):
             counts = peer.counts
             counts.rx_packets += train.count
@@ -357,18 +387,24 @@ class Inbound:
 
     def _deliver_frame(self, frame, n: int, peer, now: float) -> None:
         """A whole frame of the previous release: checked, written into the TUN device as it came, TTL aside."""
-        inner = frame[VNET_HDR_LEN:n]
-        problem = frames.problem(frame, n, self.mtu) or self.table.sender_problem(peer, inner)
-        if problem is None and inner[8] <= 1:
-            problem = packet.TTL_EXPIRED
-        if problem is not None:
-            self._drop(problem, "%d bytes (frame) from %s", n, peer.host)
+        if not self._admit(frame[VNET_HDR_LEN:n], frames.problem(frame, n, self.mtu), n, peer, "frame"):
             return
-        packet.decrement_ttl(inner)  # in the one header the kernel copies into every segment
         if self._write_tun(frame[:n]):
             counts = peer.counts
             counts.rx_packets += 1
             counts.rx_bytes += n - VNET_HDR_LEN
+
+    def _admit(self, ip, problem, n: int, peer, what: str) -> bool:
+        """Whether the packet `ip`, whose format's checks found `problem`, goes in: its sender's rule and its TTL
+        checked too, the TTL lowered (in the one header the kernel copies into every segment); counted if not."""
+        problem = problem or self.table.sender_problem(peer, ip)
+        if problem is None and ip[8] <= 1:
+            problem = packet.TTL_EXPIRED
+        if problem is not None:
+            self._drop(problem, "%d bytes (%s) from %s", n, what, peer.host)
+            return False
+        packet.decrement_ttl(ip)
+        return True
 
     def _exchange(self, data, n: int, peer, now: float) -> None:
         message = exchange.decode(data, n)

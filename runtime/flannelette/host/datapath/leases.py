@@ -38,10 +38,14 @@ class Peer:
     """
 
     __slots__ = ("host", "subnet", "public_ip", "address", "ip", "key", "counts", "marked_flannel",
-                 "format", "exchange", "heard", "frames", "train")
+                 "format", "exchange", "heard", "frames", "train", "public_key", "tunnel", "units")
 
-    def __init__(self, host: str, subnet: IPv4Network, public_ip: IPv4Address, port: int, marked_flannel: bool = False):
+    def __init__(self, host: str, subnet: IPv4Network, public_ip: IPv4Address, port: int, marked_flannel: bool = False,
+                 public_key: Optional[bytes] = None):
         self.host, self.subnet, self.public_ip = host, subnet, public_ip
+        self.public_key = public_key  # its WireGuard public key, from its lease
+        self.tunnel = None  # flannelette.host.datapath.sessions.Tunnel, where both ends have keys
+        self.units = None  # sealed units from it not yet whole (flannelette.host.datapath.encrypted)
         self.key = int(subnet.network_address) >> (32 - subnet.prefixlen)
         self.address = (str(public_ip), port)
         self.ip = int(public_ip)  # how a received datagram's sender is looked up
@@ -54,8 +58,8 @@ class Peer:
         self.train = None  # the train from it not yet whole (flannelette.host.datapath.trains)
 
     @property
-    def identity(self) -> Tuple[str, IPv4Network, IPv4Address, int, bool]:
-        return (self.host, self.subnet, self.public_ip, self.address[1], self.marked_flannel)
+    def identity(self) -> tuple:
+        return (self.host, self.subnet, self.public_ip, self.address[1], self.marked_flannel, self.public_key)
 
 
 class LeaseTable:
@@ -78,7 +82,7 @@ class LeaseTable:
         for lease in leases:
             if lease.public_ip == own.public_ip:
                 continue
-            peer = Peer(lease.host, lease.subnet, lease.public_ip, port, lease.wire == WIRE_FLANNEL)
+            peer = Peer(lease.host, lease.subnet, lease.public_ip, port, lease.wire == WIRE_FLANNEL, lease.key)
             peer = kept.get(peer.identity, peer)
             self.by_subnet[peer.key] = peer
             self.by_address[peer.ip] = peer

@@ -21,7 +21,8 @@ from ipaddress import IPv4Address
 from typing import Callable, Dict, List, Optional
 
 from flannelette import __version__
-from flannelette.host.datapath import formats, frames, inbound, outbound, packet, segments, trains
+from flannelette.host.datapath import encrypted, formats, frames, inbound, outbound, packet, segments, trains
+from flannelette.host.datapath.encrypted import Encrypted
 from flannelette.host.datapath.exchange import Exchanges
 from flannelette.host.datapath.inbound import Inbound
 from flannelette.host.datapath.leases import Counts, LeaseTable
@@ -32,15 +33,20 @@ from flannelette.host.ratelimit import RateLimitedLog
 log = logging.getLogger("flannelette.host.datapath")
 
 DROP_REASONS = (packet.DROP_REASONS + outbound.DROP_REASONS + inbound.DROP_REASONS + segments.DROP_REASONS
-                + trains.DROP_REASONS + frames.DROP_REASONS)
-# What this host takes: every format it knows, or, where the network is on flannel's format, flannel's only.
+                + trains.DROP_REASONS + frames.DROP_REASONS + encrypted.DROP_REASONS)
+# What this host takes: every format it knows (the sealed one when it has a key), or, where the network is on
+# flannel's format, flannel's only.
 TAKES_ALL = formats.mask(formats.FLANNEL, formats.FRAMES, formats.FAST)
+TAKES_SEALED = TAKES_ALL | formats.mask(formats.SEALED)
 TAKES_FLANNEL = formats.mask(formats.FLANNEL)
+OFFLOADED = (formats.FAST, formats.SEALED)  # formats that carry super-packets and pending checksums
 TRAIN_WAIT_MS = int(trains.MAX_AGE * 1000) + 1
 
 
-class DataPath(Outbound, Inbound):
-    """Two loops, one per direction (flannelette.host.datapath.outbound, .inbound), taking turns in one thread.
+class DataPath(Outbound, Inbound, Encrypted):
+    """Two loops, one per direction (flannelette.host.datapath.outbound, .inbound), taking turns in one thread;
+    what is encrypted is sealed and opened by flannelette.host.datapath.encrypted.
+
 
     Both queues empty park the thread in poll() until a packet or the next
     timer of the capability exchange.
@@ -53,7 +59,9 @@ class DataPath(Outbound, Inbound):
 
     def __init__(self, tun_fd: int, sock: socket.socket, table: LeaseTable, mtu: int, tun_address: IPv4Address, clock,
                  send_sock: Optional[socket.socket] = None, set_offload: Optional[Callable[[bool], None]] = None,
-                 release: str = __version__):
+                 release: str = __version__, sessions=None, required: bool = False):
+        # sessions: flannelette.host.datapath.sessions.Sessions when this host has a key (encryption not off);
+        # required: nothing plain to or from any peer.
         # send_sock: where datagrams leave from, when not `sock`. Queues of a
         # multi-queue TUN each send from a port of their own, so the peer's
         # SO_REUSEPORT group spreads what they send over its queues too.
@@ -67,8 +75,10 @@ class DataPath(Outbound, Inbound):
         self.warnings = RateLimitedLog(clock)
         self.set_offload = set_offload or (lambda on: None)
         self.offload = False  # whether flannel0 hands over super-packets with checksums pending
-        taken = TAKES_FLANNEL if table.force_flannel else TAKES_ALL
-        self.exchanges = Exchanges(taken, release, self._format_changed)
+        self._set_up_encryption(sessions, required)
+        taken = TAKES_FLANNEL if table.force_flannel else TAKES_SEALED if sessions is not None else TAKES_ALL
+        self.exchanges = Exchanges(taken, release, self._format_changed, decide=self._decide)
+        self._attach_tunnels(table)
         self.exchanges.adopt(table, clock())
         self._stopping = False
         self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -102,6 +112,7 @@ class DataPath(Outbound, Inbound):
         for peer in self.table.peers():
             if peer.identity in gone:
                 self.retired.add(peer.counts)
+        self._attach_tunnels(table)
         self.exchanges.adopt(table, self.clock())
         self.table = table
         self._refresh_offload()
@@ -120,16 +131,52 @@ class DataPath(Outbound, Inbound):
 
     # -- formats -------------------------------------------------------------------
 
+    def _attach_tunnels(self, table: LeaseTable) -> None:
+        """Every peer with a key gets its tunnel (kept while the key stays); tunnels of keys gone are forgotten."""
+        if self.sessions is None:
+            return
+        keys = set()
+        for peer in table.by_subnet.values():
+            if peer.public_key is not None and not peer.marked_flannel and not table.force_flannel:
+                peer.tunnel = self.sessions.tunnel_for(peer, peer.public_key)
+                keys.add(peer.public_key)
+        self.sessions.keep_only(keys)
+
+    def _decide(self, peer, best: int) -> int:
+        """The format to send `peer`, from the best one the exchange found and what is known of its sessions.
+
+        With a key on both ends: the sealed format where the peer takes it, WireGuard's messages once a handshake
+        with it completed (or always, where encryption is required), until then what the exchange found: a host
+        of an earlier release, or one whose key does not match, keeps the overlay during an upgrade.
+        """
+        tunnel = peer.tunnel
+        if tunnel is None:
+            return formats.FAST if best == formats.SEALED else best
+        if best == formats.SEALED:
+            return formats.SEALED
+        if tunnel.ever or self.required:
+            return formats.WIREGUARD
+        return best
+
+    def _encrypted_now(self, peer) -> None:
+        """A handshake with `peer` completed: from now on it gets an encrypted format."""
+        if peer.format not in formats.ENCRYPTED:
+            self.exchanges.reconsider(peer)
+
     def _format_changed(self, peer, old: int, new: int) -> None:
         log.info("%s (%s): %s format%s", peer.host, peer.address[0], formats.NAMES[new],
                  f" (release {peer.exchange.release})" if peer.exchange and peer.exchange.release else "")
-        if new == formats.FAST and not self.offload:
+        if new in OFFLOADED and not self.offload:
             self._set_offload(True)
-        elif old == formats.FAST:
+        elif old in OFFLOADED:
             self._refresh_offload()
+        if new == formats.SEALED and peer.tunnel.current is None:  # a handshake now, not with the first packet
+            initiation = self.sessions.initiate(peer.tunnel, self.clock())
+            if initiation is not None:
+                self._send_control(initiation, peer)
 
     def _refresh_offload(self) -> None:
-        wanted = any(peer.format == formats.FAST for peer in self.table.by_subnet.values())
+        wanted = any(peer.format in OFFLOADED for peer in self.table.by_subnet.values())
         if wanted != self.offload:
             self._set_offload(wanted)
 
@@ -159,13 +206,15 @@ class DataPath(Outbound, Inbound):
         poller = select.poll()
         for fd in (*loops, self._wake_read):
             poller.register(fd, select.POLLIN)
-        poll, ready, clock, exchanges = poller.poll, list(loops), self.clock, self.exchanges
-        due = exchanges.next_due()
+        poll, ready, clock, exchanges, next_due = poller.poll, list(loops), self.clock, self.exchanges, self._next_due
+        due = next_due()
         while not self._stopping:
             if due is not None and clock() >= due:
                 for peer, message in exchanges.due(clock()):
                     self._send_control(message, peer)
-                due = exchanges.next_due()
+                if self.sessions is not None:
+                    self._sessions_due(clock())
+                due = next_due()
             if ready:
                 timeout = 0
             else:
@@ -173,17 +222,39 @@ class DataPath(Outbound, Inbound):
                 if self._waiting_trains:  # a train cut short by a loss goes in (in pieces) soon, traffic or not
                     self._keep_waiting_trains(clock())
                     timeout = min(timeout, TRAIN_WAIT_MS) if timeout is not None else TRAIN_WAIT_MS
+                if self._open_units:  # so is a sealed unit that lost a datagram given up
+                    self._keep_waiting_units(clock())
+                    timeout = min(timeout, TRAIN_WAIT_MS) if timeout is not None else TRAIN_WAIT_MS
             for fd, _ in poll(timeout):
                 if fd == self._wake_read:
                     os.read(self._wake_read, 64)
-                    due = exchanges.next_due()
+                    due = next_due()
                 elif fd not in ready:
                     ready.append(fd)
             for fd in list(ready):
                 if not next(loops[fd]):
                     ready.remove(fd)
-            if exchanges.heap and (due is None or exchanges.heap[0][0] < due):
-                due = exchanges.next_due()  # something that arrived set a sooner timer (a hello to answer back)
+            if (exchanges.heap and (due is None or exchanges.heap[0][0] < due)) or (
+                    self.sessions is not None and self.sessions.next_tick is not None
+                    and (due is None or self.sessions.next_tick < due)):
+                due = next_due()  # something that arrived set a sooner timer (a hello to answer back, a handshake)
+
+    def _next_due(self) -> Optional[float]:
+        due = self.exchanges.next_due()
+        tick = self.sessions.next_due() if self.sessions is not None else None
+        if tick is not None and (due is None or tick < due):
+            return tick
+        return due
+
+    def _sessions_due(self, now: float) -> None:
+        """What WireGuard's timers ask for: initiations sent again, keepalives."""
+        for tunnel, what in self.sessions.due(now):
+            if what == "keepalive":
+                self._send_keepalive(tunnel.peer)
+            else:
+                initiation = self.sessions.initiate(tunnel, now, retry=True)
+                if initiation is not None:
+                    self._send_control(initiation, tunnel.peer)
 
     def _drop(self, reason: str, message: str, *args) -> None:
         self.drops[reason] += 1

@@ -135,6 +135,12 @@ class Outbound:
         if peer is None:
             return
         at = trains.HEADER_LEN
+        if peer.format == formats.SEALED:
+            pieces = [head]
+            if scattered:
+                pieces += [slots[i * room + at:i * room + at + min(chunk, n - i * chunk)] for i in range(1, -(-n // chunk))]
+            self._seal_records(pieces, n, 1, peer)
+            return
         if peer.format == formats.FAST and head[1] & 0x7F == GSO_TCPV4:
             if scattered:
                 slots[at:at + chunk] = head
@@ -196,6 +202,10 @@ class Outbound:
         if peer is None:  # a lone frame, or something to drop, answer or send elsewhere: frame by frame
             self._send_each(view, end, size)
             return
+        if peer.format == formats.SEALED:  # the run, headers and all, in one sealed unit
+            self._decrement_run(view, fields, full, size, tail, end)
+            self._seal_records([view[:end]], end, count, peer)
+            return
         flags, gso_types = bytes(view[0:end:size]), bytes(view[1:end:size])
         if gso_types.count(GSO_NONE) != count:
             self._send_each(view, end, size)
@@ -255,6 +265,9 @@ class Outbound:
 
     def _send_routed(self, frame, n: int, peer) -> None:
         """A frame whose peer is known and whose TTL is lowered."""
+        if peer.format == formats.SEALED:
+            self._seal_records([frame[:n]], n, 1, peer)
+            return
         ip = frame[VNET_HDR_LEN:n]
         flags, gso_type, _, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(frame, 0)
         partial = peer.format == formats.FAST
@@ -306,6 +319,14 @@ class Outbound:
 
     def _send(self, parts, count: int, size: int, carried: int, peer) -> None:
         """Send `parts` (buffers, end to end) to `peer` as `count` datagrams of `size` bytes, the last maybe shorter."""
+        tunnel = peer.tunnel
+        if tunnel is not None:
+            if peer.format == formats.WIREGUARD:
+                return self._send_transport(parts, count, size, carried, peer)
+            if tunnel.initiated is None and tunnel.current is None:  # plain until the peer shows it speaks WireGuard
+                initiation = self.sessions.initiate(tunnel, self.clock())
+                if initiation is not None:
+                    self._send_control(initiation, peer)
         try:
             if count == 1:
                 self.sock.sendmsg(parts, (), 0, peer.address)

@@ -1,0 +1,434 @@
+"""The encrypted formats: WireGuard's transport messages to any peer with a key, and sealed units between flannelette hosts.
+
+One part of flannelette.host.datapath.loop.DataPath. The handshakes, keypairs
+and timers are flannelette.host.datapath.sessions'; this part seals what the
+send half hands it and opens what arrives.
+
+- `wireguard` (a standard peer, e.g. wireguard-go, or a flannelette peer not
+  yet known to take more): one finished IPv4 packet per transport message
+  (type 4), padded to 16 bytes as WireGuard pads it.
+- `sealed` (between flannelette hosts that both take it, by the capability
+  exchange): what the send half would have sent in one go, a run of packets
+  or a 64 KB TCP super-packet, each with its virtio-net header ("records"),
+  sealed in one AEAD call under the session's keys and counter, then cut
+  into datagrams that say where they belong:
+
+      0       1       2       3       4               8                       16
+      +-------+-------+-------+-------+---------------+-----------------------+--------------
+      | 0xF5  | index | count |   0   | receiver (LE) | counter (LE)          | ciphertext [index * C ...)
+      +-------+-------+-------+-------+---------------+-----------------------+--------------
+
+  C is the same in every datagram but the last; the tag ends the last. The
+  receiver opens the unit when every datagram is in, checks the counter
+  against the session's replay window and every record as it checks a frame
+  (flannelette.host.datapath.frames) and its sender (`sender_problem`), and
+  writes each record into flannel0. A unit that loses a datagram is lost
+  whole: TCP sends its segments again.
+
+Every opened packet answers to the same rule as a plain one: its source in
+the subnet of the peer whose session opened it, its destination in ours.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import struct
+
+from flannelette.host.datapath import batch, formats, frames, noise, packet, sessions
+from flannelette.host.datapath.crypto import TAG_LEN
+from flannelette.host.datapath.packet import TOTAL_LENGTH
+from flannelette.host.datapath.segments import MAX_SEGMENTS, MAX_SEND
+from flannelette.host.datapath.vnet import PLAIN, VNET_HDR_LEN
+from flannelette.host.kernel.udp import SOL_UDP, UDP_SEGMENT, SEGMENT
+
+log = logging.getLogger("flannelette.host.datapath")
+
+SEALED_HEADER = struct.Struct("<BBBxIQ")  # type, index, count, receiver, counter
+SEALED_HEADER_LEN = SEALED_HEADER.size
+TRANSPORT_HEADER = noise.TRANSPORT_HEADER
+MAX_UNIT = 70000  # bytes of records in one unit: a 64 KB super-packet and its header, with room
+MAX_DATAGRAMS = 64
+MAX_AGE = 0.2  # seconds a unit may take to arrive whole
+MAX_OPEN_UNITS = 8  # units of one peer being put together at once
+INDEXES = bytes(range(MAX_DATAGRAMS))
+
+PLAIN_REFUSED = "plain_refused"  # a plain datagram from a peer with which a session exists (or under "required")
+NO_SESSION = "no_session"  # a packet for a peer whose handshake has not completed, beyond what waits for it
+UNIT_INCOMPLETE = "unit_incomplete"  # a sealed unit that lost a datagram
+BAD_UNIT = "bad_unit"  # a sealed datagram whose numbers do not add up
+DROP_REASONS = (PLAIN_REFUSED, NO_SESSION, UNIT_INCOMPLETE, BAD_UNIT) + sessions.DROP_REASONS
+
+
+def buffer_address(buffer: bytearray) -> int:
+    """Where a bytearray's bytes are, for libcrypto to read and write them in place (it can't be resized after)."""
+    return ctypes.addressof((ctypes.c_char * len(buffer)).from_buffer(buffer))
+
+
+class Unit:
+    """A sealed unit being put together from its datagrams."""
+
+    __slots__ = ("count", "pieces", "held", "started", "kp")
+
+    def __init__(self, count: int, started: float, kp):
+        self.count, self.started, self.kp = count, started, kp
+        self.pieces = [None] * count
+        self.held = 0
+
+
+class Encrypted:
+    """Seals for peers on an encrypted format, opens what comes sealed."""
+
+    def _set_up_encryption(self, sessions_: "sessions.Sessions | None", required: bool) -> None:
+        self.sessions = sessions_
+        self.required = required
+        # A datagram of the underlay carries this much: the overlay MTU plus what WireGuard adds.
+        self.room = self.mtu + noise.OVERHEAD if sessions_ is not None else self.mtu
+        self._plain = bytearray(MAX_UNIT)
+        self._plain_at = buffer_address(self._plain)
+        self._cipher = bytearray(MAX_UNIT + TAG_LEN)
+        self._cipher_at = buffer_address(self._cipher)
+        self._cipher_view = memoryview(self._cipher)
+        self._heads = bytearray(MAX_DATAGRAMS * SEALED_HEADER_LEN)
+        self._heads_view = memoryview(self._heads)
+        self._opened = bytearray(MAX_UNIT + TAG_LEN)
+        self._opened_at = buffer_address(self._opened)
+        self._opened_view = memoryview(self._opened)
+        self._transport = bytearray(self.room + noise.OVERHEAD)  # one transport message being sealed
+        self._transport_at = buffer_address(self._transport)
+        self._open_units = set()  # peers with a sealed unit not yet whole
+
+    # -- sending -----------------------------------------------------------------------
+
+    def _keypair_for(self, peer, plaintext):
+        """The keypair to seal for `peer` with, starting a handshake where one is due; None when there is none yet,
+        and `plaintext` (a callable giving the bytes) waits for the first one, as far as there is room."""
+        tunnel = peer.tunnel
+        now = self.clock()
+        kp, initiation = self.sessions.sealing(tunnel, now)
+        if initiation is not None:
+            self._send_control(initiation, peer)
+        if kp is None:
+            if len(tunnel.staged) < sessions.MAX_STAGED:
+                tunnel.staged.append(plaintext())
+            else:
+                self._drop(NO_SESSION, "a packet for %s, whose handshake has not completed", peer.host)
+        return kp
+
+    def _send_transport(self, parts, count: int, size: int, carried: int, peer) -> None:
+        """`count` finished packets (`parts`, end to end, all of `size` bytes but the last) as transport messages."""
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        view = memoryview(data)
+        kp = self._keypair_for(peer, lambda: (formats.WIREGUARD, bytes(data), size))
+        if kp is None:
+            return
+        for start in range(0, len(data), size):
+            self._seal_transport(kp, view[start:start + size], peer)
+        counts = peer.counts
+        counts.tx_packets += count
+        counts.tx_bytes += carried
+
+    def _seal_transport(self, kp, packet_view, peer) -> None:
+        n = len(packet_view)
+        padded = noise.padded(n, self.mtu)
+        buf = self._transport
+        buf[noise.TRANSPORT_HEADER_LEN:noise.TRANSPORT_HEADER_LEN + n] = packet_view
+        buf[noise.TRANSPORT_HEADER_LEN + n:noise.TRANSPORT_HEADER_LEN + padded] = bytes(padded - n)
+        counter = kp.next_counter()
+        TRANSPORT_HEADER.pack_into(buf, 0, noise.TRANSPORT, kp.remote, counter)
+        at = self._transport_at + noise.TRANSPORT_HEADER_LEN
+        length = kp.send.seal_into(counter, at, padded, at)
+        self._send_sealed([memoryview(buf)[:noise.TRANSPORT_HEADER_LEN + length]], 1, 0, peer)
+        self.sessions.sent(kp.tunnel, self.clock(), n > 0)
+
+    def _send_keepalive(self, peer) -> None:
+        kp = peer.tunnel.current
+        if kp is not None and kp.sendable(self.clock()):
+            self._seal_transport(kp, memoryview(b""), peer)
+
+    def _seal_records(self, pieces, length: int, packets: int, peer) -> None:
+        """Records (virtio-net header and packet, end to end in `pieces`) for a peer on the sealed format, as one unit."""
+        if length > MAX_UNIT:
+            self._drop(packet.OVERSIZED, "%d bytes of packets for %s: more than one sealed unit holds", length,
+                       peer.host)
+            return
+        plain = self._plain
+        at = 0
+        for piece in pieces:
+            plain[at:at + len(piece)] = piece
+            at += len(piece)
+        kp = self._keypair_for(peer, lambda: (formats.SEALED, bytes(plain[:length]), packets))
+        if kp is None:
+            return
+        self._seal_unit(kp, length, peer)
+        counts = peer.counts
+        counts.tx_packets += packets
+        counts.tx_bytes += length
+
+    def _seal_unit(self, kp, length: int, peer) -> None:
+        """The `length` bytes in the plain buffer, sealed and sent as a unit."""
+        counter = kp.next_counter()
+        total = kp.send.seal_into(counter, self._plain_at, length, self._cipher_at)
+        chunk = self.room - SEALED_HEADER_LEN
+        count = -(-total // chunk)
+        if count > MAX_DATAGRAMS:
+            self._drop(packet.OVERSIZED, "%d bytes for %s: more than one sealed unit holds", length, peer.host)
+            return
+        heads, span = self._heads, count * SEALED_HEADER_LEN
+        heads[:span] = SEALED_HEADER.pack(formats.SEALED_UNIT, 0, count, kp.remote, counter) * count
+        heads[1:span:SEALED_HEADER_LEN] = INDEXES[:count]
+        heads_view, cipher = self._heads_view, self._cipher_view
+        per_send = min(MAX_SEGMENTS, MAX_SEND // self.room)
+        for first in range(0, count, per_send):
+            last = min(count, first + per_send)
+            iov = []
+            for i in range(first, last):
+                iov.append(heads_view[i * SEALED_HEADER_LEN:(i + 1) * SEALED_HEADER_LEN])
+                iov.append(cipher[i * chunk:min(total, (i + 1) * chunk)])
+            self._send_sealed(iov, last - first, self.room, peer)
+        self.sessions.sent(kp.tunnel, self.clock(), True)
+
+    def _send_sealed(self, iov, count: int, size: int, peer) -> None:
+        try:
+            if count == 1:
+                self.sock.sendmsg(iov, (), 0, peer.address)
+            elif self.gso:
+                self.sock.sendmsg(iov, [(SOL_UDP, UDP_SEGMENT, SEGMENT.pack(size))], 0, peer.address)
+            else:
+                data = b"".join(iov)
+                for start in range(0, len(data), size):
+                    self.sock.sendto(data[start:start + size], peer.address)
+        except OSError as e:
+            self.drops[packet.SEND_FAILED] += count
+            self.warnings.warn(packet.SEND_FAILED, "%d datagrams to %s (%s): %s", count, peer.host,
+                               peer.address[0], e.strerror)
+
+    def _flush_staged(self, peer) -> None:
+        """The packets that waited for the peer's first keypair."""
+        staged, peer.tunnel.staged = peer.tunnel.staged, []
+        for kind, data, number in staged:
+            if kind != peer.format:  # the format changed meanwhile: TCP sends it again
+                self._drop(NO_SESSION, "a packet for %s that waited in another format", peer.host)
+            elif kind == formats.SEALED:
+                self._seal_records([data], len(data), number, peer)
+            else:
+                self._send_transport([data], -(-len(data) // number), number, len(data), peer)
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def _refuse_plain(self, peer) -> bool:
+        """Whether a plain datagram from `peer` is refused: a session with it exists, or every peer must encrypt."""
+        tunnel = peer.tunnel
+        if (tunnel is not None and tunnel.ever) or self.required:
+            self._drop(PLAIN_REFUSED, "a plain datagram from %s (%s), which encrypts", peer.host, peer.address[0])
+            return True
+        return False
+
+    def _session_for(self, receiver: int, peer, counter: int):
+        """The keypair a message with `receiver` and `counter` from `peer` opens with, or None after counting why not."""
+        kp = self.sessions.by_index.get(receiver) if self.sessions is not None else None
+        if kp is None:
+            self._drop(sessions.UNKNOWN_SESSION, "a message from %s for a session this host does not hold", peer.host)
+            if peer.tunnel is not None:  # the peer kept a session this host lost (it restarted): a new one
+                initiation = self.sessions.initiate(peer.tunnel, self.clock())
+                if initiation is not None:
+                    self._send_control(initiation, peer)
+            return None
+        if kp.tunnel.peer is not peer:
+            self._drop(sessions.WRONG_PEER, "a session of %s used from %s", kp.tunnel.peer.host, peer.address[0])
+            return None
+        if not kp.fresh(counter):
+            kp.tunnel.replayed += 1
+            self._drop(sessions.REPLAYED, "message %d from %s again, or too late", counter, peer.host)
+            return None
+        if not self.sessions.usable_for_receive(kp, self.clock()):
+            self._drop(sessions.EXPIRED_SESSION, "a message from %s under an expired session", peer.host)
+            return None
+        return kp
+
+    def _opened_by(self, kp, counter: int, data: bool, peer) -> None:
+        kp.mark(counter)
+        initiation = self.sessions.received(kp, self.clock(), data)
+        if initiation is not None:
+            self._send_control(initiation, peer)
+
+    def _handshake(self, data, n: int, kind: int, peer, now: float) -> None:
+        """A handshake message (initiation, response, cookie reply) from `peer`."""
+        message = bytes(data[:n])
+        if self.sessions is None or peer.tunnel is None:
+            self._drop(sessions.UNKNOWN_KEY, "a handshake from %s, which has no key here (or this host none)",
+                       peer.host)
+            return
+        if kind == noise.INITIATION:
+            reason, reply = self.sessions.on_initiation(message, peer, peer.address, now)
+            if reply is not None:
+                self._send_control(reply, peer)
+            if reason is None:
+                self._encrypted_now(peer)
+        elif kind == noise.RESPONSE:
+            reason, tunnel = self.sessions.on_response(message, peer, now)
+            if reason is None:
+                self._encrypted_now(peer)
+                if tunnel.staged:
+                    self._flush_staged(peer)
+                else:  # the responder may send only once it has heard from us with the new keys
+                    self._send_keepalive(peer)
+        else:
+            reason = self.sessions.on_cookie_reply(message, peer, now)
+        if reason is not None:
+            self._drop(reason, "%s from %s", {1: "an initiation", 2: "a response", 3: "a cookie reply"}[kind],
+                       peer.host)
+
+    def _transport_datagram(self, view, position: int, n: int, peer, now: float) -> None:
+        if noise.kind(view[position:position + 4], n) == noise.TRANSPORT:
+            self._open_transport(view, position, n, peer, now)
+        else:
+            self._drop(packet.MALFORMED, "%d bytes from %s: not a transport message", n, peer.host)
+
+    def _open_transport(self, view, position: int, n: int, peer, now: float) -> None:
+        """A transport message: opened, checked, its packet written into flannel0."""
+        _, receiver, counter = TRANSPORT_HEADER.unpack_from(view, position)
+        kp = self._session_for(receiver, peer, counter)
+        if kp is None:
+            return
+        source = self._receive_at + position + noise.TRANSPORT_HEADER_LEN
+        length = kp.receive.open_from(counter, source, n - noise.TRANSPORT_HEADER_LEN, self._opened_at)
+        if length < 0:
+            kp.tunnel.auth_failed += 1
+            self._drop(sessions.AUTH_FAILED, "%d bytes from %s do not open", n, peer.host)
+            return
+        self._opened_by(kp, counter, length > 0, peer)
+        if length == 0:  # a keepalive
+            return
+        opened = self._opened_view
+        inner = TOTAL_LENGTH.unpack_from(opened, 2)[0] if length >= packet.IPV4_HEADER_LEN else 0
+        if not packet.IPV4_HEADER_LEN <= inner <= length:
+            self._drop(packet.MALFORMED, "an opened message from %s holds no IPv4 packet", peer.host)
+            return
+        ip = opened[:inner]
+        if not self._admit(ip, packet.header_problem(ip, inner, self.mtu), inner, peer, "opened"):
+            return
+        if self._writev_tun([PLAIN, ip]):
+            counts = peer.counts
+            counts.rx_packets += 1
+            counts.rx_bytes += inner
+
+    def _deliver_sealed(self, view, start: int, count: int, stride: int, size: int, tail: int, peer, now: float) -> None:
+        """A run of sealed datagrams; a whole unit in it (a UDP_GRO read, a veth) is opened without assembly."""
+        items = count + (1 if tail else 0)
+        if 2 <= items <= MAX_DATAGRAMS and size > SEALED_HEADER_LEN:
+            heads = batch.unpack_headers(view, start, count, stride, SEALED_HEADER_LEN)
+            if tail:
+                heads += (bytes(view[start + count * stride:start + count * stride + SEALED_HEADER_LEN]),)
+            first = heads[0]
+            if first[0] == formats.SEALED_UNIT and first[1] == 0 and first[2] == items \
+                    and heads == _unit_heads(first, items):
+                parts = batch.payloads(view, start, count, stride, SEALED_HEADER_LEN, size)
+                if tail:
+                    parts.append(view[start + count * stride + SEALED_HEADER_LEN:start + count * stride + tail])
+                _, _, _, receiver, counter = SEALED_HEADER.unpack(first)
+                kp = self._session_for(receiver, peer, counter)
+                if kp is not None:
+                    self._open_unit(kp, counter, parts, peer)
+                return
+        for i in range(items):
+            position = start + i * stride
+            self._sealed_datagram(view, position, size if i < count else tail, peer, now)
+
+    def _sealed_datagram(self, view, position: int, n: int, peer, now: float) -> None:
+        if n <= SEALED_HEADER_LEN:
+            self._drop(BAD_UNIT, "%d bytes from %s: too short for a sealed datagram", n, peer.host)
+            return
+        _, index, count, receiver, counter = SEALED_HEADER.unpack_from(view, position)
+        if not 1 <= count <= MAX_DATAGRAMS or index >= count:
+            self._drop(BAD_UNIT, "a sealed datagram from %s numbered %d of %d", peer.host, index, count)
+            return
+        kp = self._session_for(receiver, peer, counter)
+        if kp is None:
+            return
+        piece = view[position + SEALED_HEADER_LEN:position + n]
+        if count == 1:
+            self._open_unit(kp, counter, [piece], peer)
+            return
+        units = peer.units
+        if units is None:
+            units = peer.units = {}
+        unit = units.get((receiver, counter))
+        if unit is None:
+            if len(units) >= MAX_OPEN_UNITS:
+                self._expire_units(peer, now, oldest=True)
+            unit = units[(receiver, counter)] = Unit(count, now, kp)
+            self._open_units.add(peer)
+        if unit.count != count or unit.pieces[index] is not None:
+            self._drop(BAD_UNIT, "sealed datagram %d of %d from %s again, or of another count", index, count,
+                       peer.host)
+            return
+        unit.pieces[index] = bytes(piece)
+        unit.held += 1
+        if unit.held == count:
+            del units[(receiver, counter)]
+            if not units:
+                self._open_units.discard(peer)
+            self._open_unit(kp, counter, unit.pieces, peer)
+
+    def _expire_units(self, peer, now: float, oldest: bool = False) -> None:
+        units = peer.units
+        for key, unit in sorted(units.items(), key=lambda item: item[1].started):
+            if oldest or now - unit.started > MAX_AGE:
+                del units[key]
+                self._drop(UNIT_INCOMPLETE, "a sealed unit from %s lost %d of its %d datagrams", peer.host,
+                           unit.count - unit.held, unit.count)
+                oldest = False
+        if not units:
+            self._open_units.discard(peer)
+
+    def _keep_waiting_units(self, now: float) -> None:
+        for peer in list(self._open_units):
+            self._expire_units(peer, now)
+
+    def _open_unit(self, kp, counter: int, pieces, peer) -> None:
+        """A whole unit: opened, then every record in it checked and written."""
+        chunk = len(pieces[0])
+        if any(len(piece) != chunk for piece in pieces[:-1]) or len(pieces[-1]) > chunk:
+            self._drop(BAD_UNIT, "a sealed unit from %s whose datagrams differ in size", peer.host)
+            return
+        n = chunk * (len(pieces) - 1) + len(pieces[-1])
+        if n > MAX_UNIT + TAG_LEN:
+            self._drop(BAD_UNIT, "a sealed unit of %d bytes from %s", n, peer.host)
+            return
+        cipher, at = self._cipher, 0
+        for piece in pieces:
+            cipher[at:at + len(piece)] = piece
+            at += chunk
+        length = kp.receive.open_from(counter, self._cipher_at, n, self._opened_at)
+        if length < 0:
+            kp.tunnel.auth_failed += 1
+            self._drop(sessions.AUTH_FAILED, "a sealed unit of %d bytes from %s does not open", n, peer.host)
+            return
+        self._opened_by(kp, counter, True, peer)
+        self._deliver_records(self._opened_view, length, peer)
+
+    def _deliver_records(self, opened, length: int, peer) -> None:
+        at = 0
+        mtu = self.mtu
+        counts = peer.counts
+        while at < length:
+            if length - at < VNET_HDR_LEN + packet.IPV4_HEADER_LEN:
+                self._drop(packet.MALFORMED, "%d bytes left over in a sealed unit from %s", length - at, peer.host)
+                return
+            n = VNET_HDR_LEN + TOTAL_LENGTH.unpack_from(opened, at + VNET_HDR_LEN + 2)[0]
+            if n > length - at:
+                self._drop(packet.MALFORMED, "a record of %d bytes in %d left of a sealed unit from %s", n,
+                           length - at, peer.host)
+                return
+            frame = opened[at:at + n]
+            at += n
+            if not self._admit(frame[VNET_HDR_LEN:], frames.problem(frame, n, mtu), n, peer, "sealed"):
+                continue
+            if self._writev_tun([frame]):
+                counts.rx_packets += 1
+                counts.rx_bytes += n - VNET_HDR_LEN
+
+
+def _unit_heads(first: bytes, count: int) -> tuple:
+    return tuple(first[:1] + bytes((index,)) + first[2:] for index in range(count))
