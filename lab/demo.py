@@ -23,9 +23,10 @@ CNICHAIN = ROOT / "deploys" / "cnichain.py"
 NETNS = "demo"
 
 
-def deploy(inventory: str, script: str = "deploys/overlay.py", *extra: str) -> subprocess.CompletedProcess:
-    """The real `pyinfra` command, from the repository root as the docs show it."""
-    argv = [sys.executable, "-m", "pyinfra", "-y", inventory, script, *extra]
+def deploy(inventory: str, script: str = "deploys/overlay.py", *extra: str, prefix=()) -> subprocess.CompletedProcess:
+    """The real `pyinfra` command, from the repository root as the docs show it;
+    `prefix` runs it where the hosts are reached (the VM lab's namespace)."""
+    argv = [*prefix, sys.executable, "-m", "pyinfra", "-y", inventory, script, *extra]
     return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
 
 

@@ -78,7 +78,12 @@ def start(host, root, log_path):
             nspawn_command(host, root), stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
-    return proc.pid, _stat(proc.pid)[2]
+    return proc.pid, start_time(proc.pid)
+
+
+def start_time(pid):
+    """When `pid` started (clock ticks since boot): with the PID, it names one process."""
+    return _stat(pid)[2]
 
 
 def is_running(pid, started):
@@ -100,15 +105,15 @@ def wait_ready(host, pid, started, key_path, log_path, timeout):
     while time.monotonic() < deadline:
         if not is_running(pid, started):
             raise LabError(f"{host.name}: systemd-nspawn exited while booting; "
-                           f"its console said:\n{_tail(log_path)}")
+                           f"its console said:\n{console_tail(log_path)}")
         if ssh.answers(host.address, key_path, timeout=3):
             return
         time.sleep(0.5)
     raise LabError(f"{host.name}: sshd did not answer on {host.address}:22 within "
-                   f"{timeout}s; its console said:\n{_tail(log_path)}")
+                   f"{timeout}s; its console said:\n{console_tail(log_path)}")
 
 
-def _tail(path, lines=8):
+def console_tail(path, lines=8):
     try:
         text = Path(path).read_text(errors="replace")
     except OSError:

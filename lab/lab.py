@@ -4,7 +4,6 @@ Everything `up` makes is recorded in the lab's state directory (hosts, PIDs,
 the SSH key), so `status`, `ssh` and `down` work from any later process.
 """
 
-import json
 import os
 import shlex
 import shutil
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from . import host as hostmod
 from . import inventory, network, rootfs, ssh
+from . import state as statemod
 from .errors import LabError
 from .plan import DEFAULT_HOSTS, DEFAULT_NAME, DEFAULT_NETWORK, make_plan
 
@@ -212,26 +212,13 @@ class Lab:
         return {"name": self.name, "network": str(self.plan.network), "hosts": {}}
 
     def _load(self):
-        try:
-            state = json.loads(self._state_file.read_text())
-        except FileNotFoundError:
-            return None
-        if state["network"] != str(self.plan.network):
-            raise LabError(
-                f"lab {self.name!r} is running on {state['network']}, not "
-                f"{self.plan.network}; take it down first")
-        return state
+        return statemod.load(self._state_file, self.plan)
 
     def _save(self, state):
-        tmp = self._state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2) + "\n")
-        os.replace(tmp, self._state_file)
+        statemod.save(self._state_file, state)
 
     def _planned(self, state):
-        if not state:
-            return []
-        indexes = sorted(int(name[len("node"):]) for name in state["hosts"])
-        return [self.plan.host(i) for i in indexes]
+        return statemod.planned(self.plan, state)
 
 
 def _preflight(need_debootstrap):

@@ -10,12 +10,16 @@ off on each host's eth0 and its bridge port, so datagrams are cut in software
 before they cross, and receive GRO on at eth0, as on a host with a real NIC.
 """
 
+import ctypes
 import ipaddress
+import os
+import socket
 
 from . import shell, wire
 from .errors import LabError
 
 UNDERLAYS = wire.MODES
+CLONE_NEWNET = 0x40000000
 
 
 def link_exists(name, netns=None):
@@ -88,3 +92,59 @@ def remove_host_link(host):
         shell.run(["ip", "link", "del", host.veth])
     if host.netns in netns_list():
         shell.run(["ip", "netns", "del", host.netns])
+
+
+def socket_in(netns, address, port, timeout):
+    """A TCP connection made from inside network namespace `netns`: the calling
+    thread enters it for the connect only, and the socket stays in it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open(f"/run/netns/{netns}") as target, open("/proc/thread-self/ns/net") as home:
+        _setns(libc, target.fileno())
+        try:
+            return socket.create_connection((address, port), timeout=timeout)
+        finally:
+            _setns(libc, home.fileno())
+
+
+def _setns(libc, fd):
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+# The VMs' network: a namespace holding a bridge with the lab machine's
+# address and one tap per VM, which qemu (run inside it) opens by name.
+
+def ensure_switch(netns, plan):
+    if netns not in netns_list():
+        shell.run(["ip", "netns", "add", netns])
+    inside = ["ip", "-n", netns]
+    if not link_exists(plan.bridge, netns):
+        shell.run(inside + ["link", "add", plan.bridge, "type", "bridge"])
+    shell.run(inside + ["addr", "replace", plan.gateway, "dev", plan.bridge])
+    shell.run(inside + ["link", "set", plan.bridge, "up"])
+    shell.run(inside + ["link", "set", "lo", "up"])
+
+
+def ensure_tap(netns, plan, host):
+    inside = ["ip", "-n", netns]
+    if not link_exists(host.veth, netns):
+        shell.run(inside + ["tuntap", "add", "dev", host.veth, "mode", "tap"])
+    shell.run(inside + ["link", "set", host.veth, "master", plan.bridge, "up"])
+
+
+def links_in(netns=None):
+    """Names of the links in `netns` (None: this machine's own namespace)."""
+    out = shell.run((["ip", "-n", netns] if netns else ["ip"]) + ["-br", "link"]).stdout
+    return [line.split()[0].split("@")[0] for line in out.splitlines() if line.strip()]
+
+
+def remove_switch(netns, plan, tap_prefix):
+    """The taps (links named `tap_prefix`...), the bridge, then the namespace, each by name."""
+    if netns not in netns_list():
+        return
+    links = links_in(netns)
+    for name in [n for n in links if n.startswith(tap_prefix)] + [plan.bridge]:
+        if name in links:
+            shell.run(["ip", "-n", netns, "link", "del", name])
+    shell.run(["ip", "netns", "del", netns])

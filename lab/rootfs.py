@@ -89,7 +89,7 @@ def ensure(log=print):
     """Path of the cached rootfs, building it first if there is none."""
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    with _locked(cache / ".lock"):
+    with locked(cache / ".lock"):
         target = rootfs_path(cache)
         if target.is_dir():
             return target
@@ -104,7 +104,7 @@ def ensure(log=print):
 
 
 @contextmanager
-def _locked(path):
+def locked(path):
     with open(path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield

@@ -4,7 +4,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from . import shell
+from . import network, shell
 
 
 def ensure_key(path, comment):
@@ -21,17 +21,24 @@ def public_key(path):
     return Path(f"{path}.pub").read_text()
 
 
-def port_open(address, port=22, timeout=1.0):
+def _connection(address, port, timeout, netns):
+    if netns:
+        return network.socket_in(netns, address, port, timeout)
+    return socket.create_connection((address, port), timeout=timeout)
+
+
+def port_open(address, port=22, timeout=1.0, netns=None):
     try:
-        with socket.create_connection((address, port), timeout=timeout):
+        with _connection(address, port, timeout, netns):
             return True
     except OSError:
         return False
 
 
-def connect(address, key_path, timeout=10):
+def connect(address, key_path, timeout=10, netns=None):
     """An SSHClient logged in as root; host keys change with every rebuild, so
-    they are accepted without a known_hosts file."""
+    they are accepted without a known_hosts file. With `netns`, the host is
+    reached from inside that network namespace."""
     import paramiko
 
     client = paramiko.SSHClient()
@@ -39,7 +46,7 @@ def connect(address, key_path, timeout=10):
     client.connect(
         address, username="root", key_filename=str(key_path), timeout=timeout,
         banner_timeout=timeout, auth_timeout=timeout, look_for_keys=False,
-        allow_agent=False,
+        allow_agent=False, sock=_connection(address, 22, timeout, netns) if netns else None,
     )
     return client
 
@@ -54,12 +61,12 @@ def run(client, command, timeout=60):
     return subprocess.CompletedProcess(command, rc, out, err)
 
 
-def answers(address, key_path, timeout=5):
+def answers(address, key_path, timeout=5, netns=None):
     """True when sshd on `address` lets the lab's key in and runs a command."""
-    if not port_open(address, timeout=timeout):
+    if not port_open(address, timeout=timeout, netns=netns):
         return False
     try:
-        client = connect(address, key_path, timeout=timeout)
+        client = connect(address, key_path, timeout=timeout, netns=netns)
     except Exception:
         return False
     try:
