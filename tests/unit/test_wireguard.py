@@ -1,11 +1,15 @@
 """WireGuard's primitives against published vectors, and its handshake and sessions between two hosts in memory."""
 
+import os
 import struct
+import subprocess
+import sys
 
 import pytest
 
 from flannelette.host.datapath import crypto, noise, sessions
 from flannelette.host.datapath.sessions import Sessions
+from flannelette.model.config import decode_key
 
 try:
     crypto.check()
@@ -53,10 +57,25 @@ def test_xaead_round_trip():
 
 def test_keys_in_wireguards_base64():
     key = crypto.generate_private()
-    assert crypto.decode_key(crypto.encode_key(key)) == key
+    assert decode_key(crypto.encode_key(key)) == key
     assert len(crypto.encode_key(key)) == 44
-    assert crypto.decode_key("not a key") is None
-    assert crypto.decode_key(crypto.encode_key(b"short")) is None
+    assert decode_key("not a key") is None
+    assert decode_key(crypto.encode_key(b"short")) is None
+
+
+def test_keygen_makes_a_private_key_once_and_prints_its_public_key(tmp_path):
+    path = str(tmp_path / "etc" / "private.key")
+    public = crypto.keygen(path)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert crypto.keygen(path) == public == crypto.encode_key(crypto.public(decode_key(open(path).read())))
+
+
+def test_crypto_runs_on_a_bare_python_as_the_deploy_runs_it(tmp_path):
+    source = open(crypto.__file__).read() + "\nimport sys\nprint(keygen(sys.argv[1]))\n"
+    path = str(tmp_path / "k")
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", source, path], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == crypto.keygen(path)
 
 
 class Clock:

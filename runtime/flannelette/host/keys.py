@@ -41,29 +41,6 @@ def read_key(path: str, what: str = "private key") -> bytes:
     return key
 
 
-def make_key(path: str) -> bytes:
-    """A new private key in `path`, created 0600 and renamed into place whole; the key."""
-    from flannelette.host.datapath import crypto
-
-    key = crypto.generate_private()
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    temp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, (crypto.encode_key(key) + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(temp, path)  # never over a key that appeared meanwhile
-    except FileExistsError:
-        pass
-    finally:
-        os.unlink(temp)
-    return read_key(path)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--private-key", default=DEFAULT_PATH, metavar="FILE",
                         help=f"where the private key is kept (default {DEFAULT_PATH}); made 0600 when missing")
@@ -74,12 +51,13 @@ def main(args) -> int:
 
     try:
         crypto.check()
-        key = read_key(args.private_key) if os.path.exists(args.private_key) else make_key(args.private_key)
+        public = crypto.keygen(args.private_key)
+        read_key(args.private_key)  # refused when others may read it
     except crypto.Unavailable as e:
         print(f"flannelette keygen: this host can't encrypt: {e}", file=sys.stderr)
         return EXIT_FAILED
     except (KeyFileError, OSError) as e:
         print(f"flannelette keygen: {e}", file=sys.stderr)
         return EXIT_FAILED
-    print(crypto.encode_key(crypto.public(key)))
+    print(public)
     return EXIT_OK

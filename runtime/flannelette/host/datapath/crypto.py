@@ -1,7 +1,9 @@
 """WireGuard's primitives from what every host has: X25519 and ChaCha20-Poly1305 from the system's libcrypto
 (OpenSSL 1.1.1 or newer, through ctypes), BLAKE2s and HMAC from hashlib. No compiled code of our own.
 
-Nothing here keeps or logs a key beyond the object it was given to.
+Nothing here keeps or logs a key beyond the object it was given to. The
+module needs nothing but the standard library, so the deploy runs it as it is
+on a host that has no flannelette yet, to make the host's key there (`keygen`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import os
 import struct
 from typing import Optional, Tuple
 
-from flannelette.model.config import decode_key  # noqa: F401  (keys are read where they are written)
 
 KEY_LEN = 32
 TAG_LEN = 16
@@ -148,6 +149,27 @@ def shared(private: bytes, peer_public: bytes) -> Optional[bytes]:
 
 def encode_key(key: bytes) -> str:
     return base64.b64encode(key).decode()
+
+
+def keygen(path: str) -> str:
+    """This host's public key, base64; the private key in `path` made first (0600, whole) when there is none."""
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        temp = f"{path}.{os.getpid()}.tmp"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, (encode_key(generate_private()) + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(temp, path)  # never over a key that appeared meanwhile
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(temp)
+    with open(path, "rb") as f:
+        return encode_key(public(base64.b64decode(f.read().strip())))
 
 
 # -- ChaCha20-Poly1305 ------------------------------------------------------------
