@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from typing import Optional
+
+from shlex import quote
 
 from pyinfra.api import FactBase
 
@@ -111,3 +114,27 @@ def removable_directories(entries: dict, paths) -> list:
         if path in entries and all(f"{path}/{name}" in gone for name in entries[path]):
             gone.add(path)
     return [p for p in paths if p in gone]
+
+
+class PublicKey(FactBase):
+    """The host's WireGuard public key (base64), its private key made there first when it has none.
+
+    Runs flannelette's own crypto module, which needs only the standard library
+    and the host's libcrypto, as a script: the private key is made and kept on
+    the host (0600) and never read here.
+    """
+
+    def command(self, path: str) -> str:
+        source = resources.files("flannelette.host.datapath").joinpath("crypto.py").read_text()
+        script = source + "\nimport sys\ntry:\n    check()\n    print(keygen(sys.argv[1]))\n" \
+            "except Unavailable as e:\n    print('unavailable: %s' % e)\n"
+        return f"python3 -I -c {quote(script)} {quote(path)}"
+
+    def process(self, output) -> Optional[str]:
+        return parse_public_key(output)
+
+
+def parse_public_key(lines) -> Optional[str]:
+    """The key, or "unavailable: why" when the host can't encrypt; None when nothing came back."""
+    lines = [line.strip() for line in lines if line.strip()]
+    return lines[-1] if lines else None

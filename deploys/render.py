@@ -14,6 +14,7 @@ import jinja2
 
 from flannelette.host.daemon import BRIDGE_NAME as BRIDGE
 from flannelette.host.healthz import DEFAULT_PORT as HEALTHZ_PORT
+from flannelette.host.datapath.noise import OVERHEAD as WIREGUARD_OVERHEAD
 from flannelette.host.kernel.netlink import ENCAP_OVERHEAD
 from flannelette.host.subnetenv import DEFAULT_PATH as SUBNET_ENV
 from flannelette.model.config import Lease, NetConf, render_leases
@@ -24,6 +25,8 @@ COMMAND = "/usr/local/bin/flannelette"
 CONF_DIR = "/etc/flannelette"
 NET_CONF = f"{CONF_DIR}/net-conf.json"
 LEASES = f"{CONF_DIR}/leases.json"
+PRIVATE_KEY = f"{CONF_DIR}/private.key"  # made on the host, never read by the deploy
+PSK = f"{CONF_DIR}/psk"
 UNIT_NAME = "flannelette.service"
 UNIT = f"/etc/systemd/system/{UNIT_NAME}"
 SYSCTL = "/etc/sysctl.d/90-flannelette.conf"
@@ -58,7 +61,7 @@ def render_lease_table(leases) -> str:
     return render_leases(leases)
 
 
-def render_unit(python: str, public_ip, iface=None, ip_masq: bool = True) -> str:
+def render_unit(python: str, public_ip, iface=None, ip_masq: bool = True, private_key=None, psk=None) -> str:
     return _render(
         "flannelette.service.j2",
         python=python,
@@ -68,6 +71,8 @@ def render_unit(python: str, public_ip, iface=None, ip_masq: bool = True) -> str
         public_ip=public_ip,
         iface=iface,
         ip_masq=ip_masq,
+        private_key=private_key,
+        psk=psk,
         healthz=HEALTHZ,
         runtime_directory=posixpath.dirname(SUBNET_ENV).removeprefix("/run/"),
     )
@@ -91,5 +96,6 @@ def render_sysctl() -> str:
     return _render("sysctl.conf.j2")
 
 
-def overlay_mtu(link_mtu: int) -> int:
-    return link_mtu - ENCAP_OVERHEAD
+def overlay_mtu(link_mtu: int, encrypted: bool = False) -> int:
+    """The MTU containers get: the link's, less UDP/IPv4 and, where hosts encrypt, what WireGuard adds."""
+    return link_mtu - ENCAP_OVERHEAD - (WIREGUARD_OVERHEAD if encrypted else 0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from io import StringIO
 from pathlib import Path
 from typing import Optional
@@ -22,17 +23,18 @@ from pyinfra.operations import files, server, systemd
 
 from flannelette.deploy import bundle, facts, ops, render
 from flannelette.deploy.render import (
-    COMMAND, CONF_DIR, CONFLIST, LEASES, NET_CONF, PYZ, SYSCTL, UNIT, UNIT_NAME,
+    COMMAND, CONF_DIR, CONFLIST, LEASES, NET_CONF, PRIVATE_KEY, PSK, PYZ, SYSCTL, UNIT, UNIT_NAME,
 )
 from flannelette.controller import inventory as flannel_inventory
 from flannelette.host.kernel.netlink import IP_FORWARD
-from flannelette.model.config import ConfigError
+from flannelette.model.config import ENCRYPTION_OFF, WIRE_FLANNEL, ConfigError, decode_key
 from flannelette.model.plan import Plan
 
 # Written before the runtime first turns IPv4 forwarding on, so that a
 # teardown can put the host's setting back as it found it.
 STATE_DIR = "/var/lib/flannelette"
 IP_FORWARD_BEFORE = f"{STATE_DIR}/ip_forward.before"
+PSK_VARIABLE = "FLANNELETTE_PSK"  # the network's preshared key, from the operator's secret store
 # host-local keeps the addresses it handed out here, one directory per network.
 CNI_ALLOCATIONS = "/var/lib/cni/networks/flannelette"
 # Directories a deploy may have created; teardown removes them only when empty,
@@ -127,13 +129,54 @@ def require_python3() -> str:
 
 
 def overlay_mtu(plan: Plan) -> int:
-    """The MTU containers get: the public interface's, less the 28 bytes of UDP/IPv4."""
+    """The MTU containers get: the public interface's, less the 28 bytes of UDP/IPv4 (and WireGuard's 32)."""
     spec = plan.host(host.name)
     try:
         _, mtu = facts.public_link(host.get_fact(facts.Links), spec.iface, spec.public_ip)
     except ValueError as error:
         raise DeployError(f"{host.name}: {error}") from None
-    return render.overlay_mtu(mtu)
+    return render.overlay_mtu(mtu, encrypted(plan))
+
+
+def encrypted(plan: Plan) -> bool:
+    conf = plan.net_conf
+    return conf.encryption != ENCRYPTION_OFF and conf.wire != WIRE_FLANNEL
+
+
+_keys: dict = {}
+
+
+def keyed_leases(plan: Plan) -> tuple:
+    """The plan's leases with every flannelette host's public key, read from the hosts (each made there on the
+    first deploy); a DeployError naming the hosts that can't encrypt, before any host is changed."""
+    if not encrypted(plan):
+        return plan.leases
+    key = id(plan)
+    if key not in _keys:
+        found, problems = {}, []
+        for lease in plan.leases:
+            if lease.wire == WIRE_FLANNEL:
+                continue
+            other = host.inventory.get_host(lease.host)
+            public = other.get_fact(facts.PublicKey, path=PRIVATE_KEY)
+            if public is None or decode_key(public) is None:
+                problems.append(f"{lease.host}: can't make or read its WireGuard key ({public or 'no answer'}); "
+                                "set Backend.Encryption to off to run unencrypted")
+            else:
+                found[lease.host] = public
+        _keys[key] = problems or found
+    keys = _keys[key]
+    if isinstance(keys, list):
+        raise DeployError("no host was changed:\n" + "\n".join(keys))
+    return tuple(replace(lease, public_key=keys.get(lease.host)) for lease in plan.leases)
+
+
+def network_psk() -> Optional[str]:
+    """The network's preshared key, from the operator's environment (FLANNELETTE_PSK), never from a file here."""
+    text = os.environ.get(PSK_VARIABLE, "").strip()
+    if text and decode_key(text) is None:
+        raise DeployError(f"{PSK_VARIABLE} is not a WireGuard key (44 characters of base64, as `wg genpsk` prints)")
+    return text or None
 
 
 # -- the deploys -------------------------------------------------------------------
@@ -152,13 +195,14 @@ def install(inventory_file: Optional[str] = None, runtime: Optional[Path] = None
     mtu = overlay_mtu(plan)
     runtime_op = install_runtime(runtime or bundle.build_once())
     net_conf, leases = write_config(plan)
-    unit = write_unit(plan, python)
+    psk = write_psk(plan)
+    unit = write_unit(plan, python, psk is not None)
     write_host_files(plan, mtu)
     remember_ip_forward()
     ops.unit_follows(
         name="Restart flannelette if the runtime, net-conf or unit changed, else reload it if leases changed",
         service=UNIT_NAME,
-        restart_when=ops.changed(runtime_op, net_conf, unit),
+        restart_when=ops.changed(runtime_op, net_conf, unit, *([psk] if psk is not None else [])),
         reload_when=ops.changed(leases),
         daemon_reload_when=ops.changed(unit),
     )
@@ -182,15 +226,25 @@ def write_config(plan: Plan) -> tuple:
     )
     leases = ops.put_atomic(
         name=f"Write {LEASES} (the same on every host)",
-        src=StringIO(render.render_lease_table(plan.leases)),
+        src=StringIO(render.render_lease_table(keyed_leases(plan))),
         dest=LEASES,
     )
     return net_conf, leases
 
 
-def write_unit(plan: Plan, python: str):
+def write_psk(plan: Plan):
+    psk = network_psk() if encrypted(plan) else None
+    if psk is None:
+        files.file(name=f"No preshared key ({PSK_VARIABLE} unset)", path=PSK, present=False)
+        return None
+    return ops.put_atomic(name=f"Write the network's preshared key {PSK} (0600)", src=StringIO(psk + "\n"), dest=PSK,
+                          mode="600")
+
+
+def write_unit(plan: Plan, python: str, psk: bool = False):
     spec = plan.host(host.name)
-    text = render.render_unit(python, spec.public_ip, spec.iface, spec.ip_masq)
+    key = PRIVATE_KEY if encrypted(plan) else None
+    text = render.render_unit(python, spec.public_ip, spec.iface, spec.ip_masq, key, PSK if psk else None)
     return ops.put_atomic(name=f"Write {UNIT}", src=StringIO(text), dest=UNIT)
 
 
@@ -224,7 +278,7 @@ def remove():
     systemd.service(name="Stop flannelette and disable it at boot", service=UNIT_NAME, running=False, enabled=False)
     unit = files.file(name=f"Remove {UNIT}", path=UNIT, present=False)
     systemd.daemon_reload(name="Forget the flannelette unit", _if=unit.did_change)
-    for path in (CONFLIST, SYSCTL, NET_CONF, LEASES, PYZ):
+    for path in (CONFLIST, SYSCTL, NET_CONF, LEASES, PYZ, PRIVATE_KEY, PSK):
         files.file(name=f"Remove {path}", path=path, present=False)
     files.link(name=f"Remove {COMMAND}", path=COMMAND, present=False)
     files.directory(name=f"Remove {CNI_ALLOCATIONS} (host-local's addresses)", path=CNI_ALLOCATIONS, present=False)

@@ -10,6 +10,7 @@ distribution installed elsewhere with a deploy file of one's own. The lab is
 taken down even when a test fails.
 """
 
+import json
 import os
 import re
 import shutil
@@ -46,7 +47,8 @@ echo '-- unit'; systemctl is-active flannelette; systemctl is-enabled flannelett
 """
 DEPLOYED_FILES = (
     "/usr/local/lib/flannelette/flannelette.pyz /etc/flannelette/net-conf.json /etc/flannelette/leases.json "
-    "/etc/systemd/system/flannelette.service /etc/cni/net.d/10-flannelette.conflist /etc/sysctl.d/90-flannelette.conf"
+    "/etc/systemd/system/flannelette.service /etc/cni/net.d/10-flannelette.conflist /etc/sysctl.d/90-flannelette.conf "
+    "/etc/flannelette/private.key"
 )
 
 
@@ -125,6 +127,13 @@ def test_fresh_deploy_connects_every_host(fleet):
     hosts = fleet.hosts()
     for source, target in zip(hosts, hosts[1:] + hosts[:1]):
         assert demo.tcp_transfer(fleet.lab, source, target, fleet.addresses[target], NETNS), f"{source} -> {target}"
+    # Encrypted: each host made its key itself (0600), every lease carries a public key, and peers seal.
+    leases = json.loads(fleet.run(hosts[0], "cat /etc/flannelette/leases.json"))["leases"]
+    assert len({lease.get("public_key") for lease in leases} - {None}) == len(hosts)
+    for host in hosts:
+        assert fleet.run(host, "stat -c %a /etc/flannelette/private.key") == "600"
+        status = fleet.run(host, "flannelette status")
+        assert status.count(" sealed ") == len(hosts) - 1, status
 
 
 def test_the_same_deploy_again_changes_nothing(fleet):

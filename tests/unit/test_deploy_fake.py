@@ -5,6 +5,7 @@ nothing, so these check what happens before and around the operations: the
 whole inventory validated first, a host's python3 checked, exit codes.
 """
 
+import base64
 import subprocess
 import sys
 from pathlib import Path
@@ -15,11 +16,12 @@ ROOT = Path(__file__).resolve().parents[2]
 NET_CONF = {"Network": "10.244.0.0/16", "Backend": {"Type": "udp", "Port": 8285}}
 
 
-def host(index: int, python: str = "3.11.2", **data) -> tuple:
+def host(index: int, python: str = "3.11.2", key: str = None, **data) -> tuple:
     address = f"192.168.56.{10 + index}"
     responses = {
         "command -v python3": ["/usr/bin/python3", python] if python is not None else [],
         "/sys/class/net/": ["mtu eth1 1500", f"3: eth1    inet {address}/24 scope global eth1"],
+        "python3 -I -c": [key or base64.b64encode(bytes([index]) * 32).decode()],  # the host's public key
     }
     data = {"flannel_public_ip": address, "flannel_net_conf": NET_CONF, "fake_delay": 0,
             "fake_delay_jitter": 0, "fake_responses": responses, **data}
@@ -45,7 +47,7 @@ def test_a_valid_inventory_deploys_every_operation(tmp_path):
     result = pyinfra(write_inventory(tmp_path / "fleet.py", [host(1), host(2)]))
     assert result.returncode == 0, result.output
     for name in ("Install the flannelette runtime (zipapp)", "Write /etc/flannelette/leases.json",
-                 "Write the CNI network /etc/cni/net.d/10-flannelette.conflist (MTU 1472)",
+                 "Write the CNI network /etc/cni/net.d/10-flannelette.conflist (MTU 1440)",  # 1500 - 28 - WireGuard's 32
                  "Keep flannelette running and enabled at boot"):
         assert name in result.output
 
@@ -138,3 +140,12 @@ def test_teardown_needs_no_plan_and_runs_on_a_host_without_the_overlay(tmp_path)
     result = pyinfra(inventory, deploy="deploys/teardown.py")
     assert result.returncode == 0, result.output
     assert "Stop flannelette and disable it at boot" in result.output
+
+
+def test_a_host_that_cant_encrypt_stops_the_deploy_before_any_host_is_touched(tmp_path):
+    inventory = write_inventory(tmp_path / "fleet.py", [host(1), host(2, key="unavailable: no libcrypto found")])
+    result = pyinfra(inventory)
+    assert result.returncode != 0
+    assert "@fake/node2: can't make or read its WireGuard key (unavailable: no libcrypto found)" in result.output
+    assert "Backend.Encryption to off" in result.output
+    assert "Starting operation" not in result.output and "Success" not in result.output
