@@ -1,12 +1,14 @@
-"""Throughput and latency through flannelette against kernel VXLAN and the bare underlay, in one run.
+"""Throughput and latency through flannelette against kernel VXLAN, Debian's wireguard-go and the bare underlay, in one run.
 
 Two network namespaces play two hosts, plugged into a bridge in a third (the
 switch). Each path is measured in turn with iperf3 (TCP Gbit/s and
 retransmits, UDP packets per second at two payload sizes) and ping (RTT);
 for flannelette also the CPU time of both runtimes per gigabit carried.
-flannelette runs in its two formats: fast (segments, between flannelette
-hosts, once the capability exchange has agreed on them) and flannel
-(Backend.Wire flannel: one packet per datagram, nothing added).
+flannelette runs in three modes: fast (segments, between flannelette
+hosts, once the capability exchange has agreed on them), flannel
+(Backend.Wire flannel: one packet per datagram, nothing added) and encrypted
+(both hosts with keys: WireGuard's sessions, sealed units; docs/encryption.md).
+wireguard-go runs between the same two hosts, on the same underlay.
 
 Every path is measured on each underlay, wire first (lab.wire): "wire"
 (segmentation offloads off everywhere, so every path, VXLAN included, is cut
@@ -42,7 +44,9 @@ OVERLAY = ("10.244.1.1", "10.244.2.1")  # the cni0 gateways of the two hosts
 UNDERLAY_MTU = 1500
 VXLAN_ID, VXLAN_PORT = 4242, 4789
 UDP_PAYLOADS = (64, 1400)
-MODES = ("fast", "flannel")  # flannelette's wire modes, each a path of the bench
+MODES = ("fast", "flannel", "encrypted")  # flannelette's wire modes, each a path of the bench
+WIREGUARD = ("10.251.0.1", "10.251.0.2")  # wireguard-go's wg0 on each host
+WG_PORT = 51820
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -209,9 +213,39 @@ def flannelette_command() -> List[str]:
     return [sys.executable, "-m", "flannelette.host.daemon"]
 
 
+def setup_wireguard_go(hosts: Hosts) -> List[subprocess.Popen]:
+    """Debian's wireguard-go on both hosts, each the other's peer, on the same underlay."""
+    keys = [sh("wg", "genkey").strip() for _ in hosts.names]
+    publics = [subprocess.run(["wg", "pubkey"], input=k + "\n", capture_output=True, text=True, check=True).stdout.strip()
+               for k in keys]
+    procs = []
+    for i, name in enumerate(hosts.names):
+        device = f"fbenchwg{i}"  # wireguard-go's control socket is a file: a name of its own on each host
+        key_file = os.path.join(hosts.workdir, f"wg-{i}.key")
+        with open(os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(keys[i] + "\n")
+        procs.append(hosts.spawn(name, "env", "WG_PROCESS_FOREGROUND=1", "wireguard-go", device,
+                                 log=f"wireguard-go-{i}.log"))
+        deadline = time.monotonic() + 10
+        while subprocess.run(["ip", "netns", "exec", name, "wg", "show", device], capture_output=True).returncode:
+            if time.monotonic() > deadline:
+                raise RuntimeError("wireguard-go did not make its device")
+            time.sleep(0.1)
+        in_ns(name, "wg", "set", device, "private-key", key_file, "listen-port", str(WG_PORT), "peer",
+              publics[1 - i], "endpoint", f"{UNDERLAY[1 - i]}:{WG_PORT}", "allowed-ips", f"{WIREGUARD[1 - i]}/32")
+        in_ns(name, "ip", "addr", "add", f"{WIREGUARD[i]}/24", "dev", device)
+        in_ns(name, "ip", "link", "set", device, "mtu", str(UNDERLAY_MTU - 60), "up")
+    return procs
+
+
 def start_flannelette(hosts: Hosts, mode: str) -> List[subprocess.Popen]:
+    """Both runtimes in `mode`: fast (unencrypted), flannel (Backend.Wire flannel), encrypted (keys: sealed)."""
+    from flannelette.host.datapath import crypto
+
     conf = os.path.join(hosts.workdir, "net-conf.json")
     leases = os.path.join(hosts.workdir, "leases.json")
+    key_files = [os.path.join(hosts.workdir, f"key-{i}") for i in range(2)]
+    publics = [crypto.keygen(path) for path in key_files] if mode == "encrypted" else [None, None]
     backend = {"Type": "udp", "Wire": "flannel"} if mode == "flannel" else {"Type": "udp"}
     for i in range(2):  # a fresh subnet.env tells when each runtime is up
         if os.path.exists(os.path.join(hosts.workdir, f"subnet-{i}.env")):
@@ -220,13 +254,15 @@ def start_flannelette(hosts: Hosts, mode: str) -> List[subprocess.Popen]:
         json.dump({"Network": "10.244.0.0/16", "Backend": backend}, f)
     with open(leases, "w") as f:
         json.dump({"leases": [
-            {"host": f"bench{i}", "subnet": f"10.244.{i + 1}.0/24", "public_ip": ip} for i, ip in enumerate(UNDERLAY)
+            dict({"host": f"bench{i}", "subnet": f"10.244.{i + 1}.0/24", "public_ip": ip},
+                 **({"public_key": publics[i]} if publics[i] else {})) for i, ip in enumerate(UNDERLAY)
         ]}, f)
     procs = []
     for i, name in enumerate(hosts.names):
         env_file = os.path.join(hosts.workdir, f"subnet-{i}.env")
         procs.append(hosts.spawn(name, *flannelette_command(), "--net-conf", conf, "--leases", leases,
                                  "--public-ip", UNDERLAY[i], "--subnet-file", env_file,
+                                 *(["--private-key", key_files[i]] if publics[i] else []),
                                  log=f"flannelette-{mode}-{i}.log"))
     wait_for_files([os.path.join(hosts.workdir, f"subnet-{i}.env") for i in range(2)], procs)
     return procs
@@ -293,6 +329,12 @@ def run(seconds: int, paths: List[str], loss: float, underlays: List[str]) -> Di
                 results[f"underlay {label}"] = measure(hosts, UNDERLAY[1], None, seconds)
             if "vxlan" in paths:
                 results[f"vxlan {label}"] = measure_one(hosts, VXLAN[1], None, seconds)
+            if "wireguard-go" in paths:
+                procs = setup_wireguard_go(hosts)
+                pids = [proc.pid for proc in procs]
+                results[f"wireguard-go {label}"] = measure_one(hosts, WIREGUARD[1], None, seconds, pids)
+                for proc in procs:
+                    hosts.stop(proc)
             for mode in (m for m in MODES if m in paths):
                 procs = start_flannelette(hosts, mode)
                 pids = [proc.pid for proc in procs]  # ip netns exec execs the runtime: same PID
@@ -316,8 +358,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=5, help="length of each iperf3 run (default 5)")
-    parser.add_argument("--paths", default="underlay,vxlan," + ",".join(MODES),
-                        help="which paths, comma-separated (default: all: underlay, vxlan, fast, flannel)")
+    parser.add_argument("--paths", default="underlay,vxlan,wireguard-go," + ",".join(MODES),
+                        help="which paths, comma-separated (default: all: underlay, vxlan, wireguard-go, fast, "
+                        "flannel, encrypted)")
     parser.add_argument("--loss", type=float, default=0.01,
                         help="share of underlay datagrams dropped in the wire-loss runs; 0 skips them (default 0.01)")
     parser.add_argument("--underlays", default=",".join(UNDERLAYS),
