@@ -97,3 +97,21 @@ def test_a_flood_of_handshake_and_data_messages_leaves_the_daemon_alive_and_forw
     assert eventually(lambda: sum(value for (name, _), value in b.metrics().items()
                                   if name == "flannelette_drops_total") > before, timeout=2)
     assert "data path error" not in b.log()
+
+
+def test_a_host_rebuilt_with_a_new_key_is_taken_on_reload_without_disturbing_other_sessions(cluster):
+    a, b, c = cluster.build(3, keys=True)
+    for host in (a, b, c):
+        host.start()
+    assert cluster.ping(a.ns, b.gateway) and cluster.ping(a.ns, c.gateway)
+    with_b = a.metric("peer_handshake_timestamp_seconds", peer=b.name)
+    c.stop()
+    os.remove(c.private_key)
+    c.make_key()  # the host rebuilt: a new key, which the next deploy puts in every lease
+    cluster.write_leases(cluster.hosts)
+    c.start()
+    for host in (a, b):
+        host.reload()
+    assert cluster.ping(a.ns, c.gateway) and cluster.ping(b.ns, c.gateway)
+    assert a.metric("peer_handshake_timestamp_seconds", peer=b.name) == with_b  # a and b kept their session
+    assert peer_format(a, c)[0] == "sealed"
