@@ -238,3 +238,22 @@ def test_datagrams_replayed_a_second_later_deliver_nothing(cluster, pair):
         listener.close()
         sender.close()
 
+
+
+def test_a_peer_that_loses_datagrams_is_asked_for_shorter_units_until_the_loss_ends(cluster, pair):
+    if cluster.underlay != "wire":
+        pytest.skip("on veth a sealed unit crosses as one buffer, so loss takes it whole, never a part of it")
+    a, b = pair
+    assert eventually(lambda: cluster.ping(a.ns, b.gateway) and peer_format(a, b)[0] == "sealed"
+                      and peer_format(b, a)[0] == "sealed")
+    cluster.set_loss(0.01)
+    lossy = iperf(cluster, a, b, 4)
+    asked = b.metric("peer_sealed_unit_datagrams", peer=a.name, direction="asked")
+    assert 2 <= asked <= 8, asked  # 1% of datagrams lost: units of about 2, so a loss costs about 2 segments
+    assert eventually(lambda: a.metric("peer_sealed_unit_datagrams", peer=b.name, direction="sent") == asked)
+    assert b.drops("unit_incomplete") > 0
+    assert lossy["sum_received"]["bytes"] > 5_000_000, lossy["sum_received"]
+    cluster.set_loss(0)
+    iperf(cluster, a, b, 10)
+    assert b.metric("peer_sealed_unit_datagrams", peer=a.name, direction="asked") == 0
+    assert a.metric("peer_sealed_unit_datagrams", peer=b.name, direction="sent") == 0

@@ -175,3 +175,26 @@ def test_the_segment_header_starts_with_no_other_formats_first_bytes():
     assert segments.HEADER[0] == formats.SEGMENT
     assert not formats.is_plain(segments.HEADER[0]) and not formats.is_frame(segments.HEADER[0])
     assert segments.HEADER[0] >> 4 not in (4, 6) and segments.HEADER[0] not in (1, 2, 3, 4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=st.integers(1, 64000), mss=st.integers(48, 1420), per=st.integers(1, 44), df=st.booleans(),
+       flags=st.sampled_from([ACK, ACK | PSH, ACK | FIN, ACK | PSH | FIN, ACK | CWR, ACK | CWR | PSH]),
+       seq=st.integers(0, 2 ** 32 - 1))
+def test_smaller_super_packets_give_the_same_segments_as_the_whole(payload, mss, per, df, flags, seq):
+    data = bytes(range(256)) * (payload // 256 + 1)
+    big = tcp("10.244.1.5", "10.244.2.7", seq, data[:payload], flags=flags)
+    if not df:
+        struct.pack_into("!H", big, 6, 0)
+        struct.pack_into("!H", big, 10, 0)
+        struct.pack_into("!H", big, 10, packet.checksum(big[:20]))
+    whole = partial(big)
+    step = min(mss, MTU - 4 - 52)
+    parts = segments.smaller(memoryview(whole), step, per)
+    assert len(parts) == -(-payload // (step * per))
+    sent = []
+    for head, start, end in parts:
+        sub = bytearray(head + bytes(whole[start:end]))
+        assert packet.checksum(sub[:20]) == 0 and struct.unpack_from("!H", sub, 2)[0] == len(sub)
+        sent += datagrams(segments.cut(memoryview(sub), mss, MTU, True))
+    assert sent == datagrams(segments.cut(memoryview(whole), mss, MTU, True))

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from flannelette.host.datapath import crypto, noise, sessions
+from flannelette.host.datapath import crypto, encrypted, noise, sessions
 from flannelette.host.datapath.sessions import Sessions
 from flannelette.model.config import decode_key
 
@@ -240,3 +240,27 @@ def test_transport_kind_and_header():
     assert noise.kind(b"\x01\x00\x00\x00" + bytes(144), 148) == noise.INITIATION
     assert noise.kind(b"\x01\x00\x00\x00" + bytes(100), 104) == 0
     assert struct.unpack_from("<I", header)[0] == 4
+
+
+def test_a_host_asks_a_peer_that_loses_datagrams_for_shorter_units_and_relaxes_when_loss_ends():
+    assert encrypted.asked(0, 0.0) == 0
+    assert encrypted.asked(0, 0.01) == 2 and encrypted.asked(0, 0.001) == 20 and encrypted.asked(0, 0.5) == 2
+    assert encrypted.asked(0, 1e-6) == encrypted.MAX_DATAGRAMS - 1
+    assert [encrypted.asked(a, 0.0) for a in (2, 20, 40)] == [4, 40, 0]
+    meter = encrypted.LossMeter()
+    meter.count(900, 10)
+    assert meter.ask == 0  # too few datagrams to say
+    meter.count(90, 0)
+    assert meter.ask == 2 and meter.got == meter.lost == 0
+    meter.count(1000, 0)
+    assert meter.ask == 4
+
+
+def test_a_unit_sealed_with_padding_opens_to_its_bytes_then_zeros():
+    import ctypes
+    key = os.urandom(32)
+    source = ctypes.create_string_buffer(b"records", 7)
+    target = ctypes.create_string_buffer(64)
+    n = crypto.AEAD(key).seal_into(9, ctypes.addressof(source), 7, ctypes.addressof(target), pad=25)
+    assert n == 7 + 25 + crypto.TAG_LEN
+    assert crypto.AEAD(key).open(9, target.raw[:n]) == b"records" + bytes(25)

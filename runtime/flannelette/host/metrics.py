@@ -88,6 +88,12 @@ def _peers(out: Exposition, path) -> None:
                [(labels(**base, format=formats.NAMES[peer.format], exchange=peer.exchange.state if peer.exchange else "",
                         release=peer.exchange.release if peer.exchange else ""), 1) for peer, base in named])
     _tunnels(out, [(peer, peer.tunnel) for peer, _ in named if peer.tunnel is not None], now_mono)
+    out.metric("peer_sealed_unit_datagrams", "gauge",
+               "Per peer on the sealed format: the longest unit, in datagrams, this host asks it for (asked) from the "
+               "loss it sees, and the one it asks of this host (sent); 0: any length.",
+               [sample for peer, _ in named if peer.format == formats.SEALED for sample in (
+                   (labels(peer=peer.host, direction="asked"), peer.loss.ask if peer.loss is not None else 0),
+                   (labels(peer=peer.host, direction="sent"), peer.unit_limit))])
     out.metric("peer_last_heard_timestamp_seconds", "gauge",
                "Per peer: when the last datagram accepted from it arrived (Unix time; absent: never).",
                [(labels(peer=peer.host), round(now_wall - (now_mono - peer.heard), 3))

@@ -213,8 +213,9 @@ class AEAD:
     def _set_nonce(self, counter: int) -> None:
         struct.pack_into("<Q", self._nonce, 4, counter)
 
-    def seal_into(self, counter: int, source: int, length: int, target: int, aad: bytes = b"") -> int:
-        """Encrypt `length` bytes at address `source` to `target`, the tag behind them; the bytes written."""
+    def seal_into(self, counter: int, source: int, length: int, target: int, aad: bytes = b"", pad: int = 0) -> int:
+        """Encrypt `length` bytes at address `source`, then `pad` zero bytes, to `target`, the tag behind them; the
+        bytes written."""
         lib, ctx, pn = self._lib, self._enc, self._pn
         self._set_nonce(counter)
         lib.EVP_EncryptInit_ex(ctx, None, None, None, self._nonce_address)
@@ -222,6 +223,9 @@ class AEAD:
             lib.EVP_EncryptUpdate(ctx, None, pn, aad, len(aad))
         if length:
             lib.EVP_EncryptUpdate(ctx, target, pn, source, length)
+        if pad:
+            lib.EVP_EncryptUpdate(ctx, target + length, pn, _zeros(pad), pad)
+            length += pad
         lib.EVP_EncryptFinal_ex(ctx, None, pn)
         lib.EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, TAG_LEN, target + length)
         return length + TAG_LEN
@@ -254,6 +258,16 @@ class AEAD:
         out = ctypes.create_string_buffer(max(1, len(ciphertext)))
         n = self.open_from(counter, ctypes.addressof(source), len(ciphertext), ctypes.addressof(out), bytes(aad))
         return None if n < 0 else out.raw[:n]
+
+
+_ZEROS = [ctypes.create_string_buffer(0)]
+
+
+def _zeros(n: int):
+    """A buffer of at least `n` zero bytes, kept for the next caller (nothing ever writes into it)."""
+    if len(_ZEROS[0]) < n:
+        _ZEROS[0] = ctypes.create_string_buffer(max(n, 1 << 16))
+    return _ZEROS[0]
 
 
 def aead_seal(key: bytes, counter: int, plaintext, aad: bytes = b"") -> bytes:

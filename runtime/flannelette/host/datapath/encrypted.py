@@ -15,7 +15,7 @@ send half hands it and opens what arrives.
 
       0       1       2       3       4               8                       16
       +-------+-------+-------+-------+---------------+-----------------------+--------------
-      | 0xF5  | index | count |   0   | receiver (LE) | counter (LE)          | ciphertext [index * C ...)
+      | 0xF5  | index | count |  ask  | receiver (LE) | counter (LE)          | ciphertext [index * C ...)
       +-------+-------+-------+-------+---------------+-----------------------+--------------
 
   C is the same in every datagram but the last; the tag ends the last. The
@@ -24,6 +24,16 @@ send half hands it and opens what arrives.
   (flannelette.host.datapath.frames) and its sender (`sender_problem`), and
   writes each record into flannel0. A unit that loses a datagram is lost
   whole: TCP sends its segments again.
+
+  So that loss on the path costs about what it costs a kernel tunnel, each
+  host measures the share of a peer's sealed datagrams that never arrive and
+  `ask`s it for units of at most that many datagrams (0: any), in the units
+  it sends back; a peer asked cuts its super-packets into smaller ones
+  (flannelette.host.datapath.segments.smaller) and its runs into shorter
+  ones. A host of a release that does not ask sends 0 and ignores the byte.
+  The byte is read only from units that open, but it is not sealed itself:
+  whoever can change datagrams on the path can make units smaller, as they
+  could drop them.
 
 Every opened packet answers to the same rule as a plain one: its source in
 the subnet of the peer whose session opened it, its destination in ours.
@@ -35,16 +45,16 @@ import ctypes
 import logging
 import struct
 
-from flannelette.host.datapath import batch, formats, frames, noise, packet, sessions
+from flannelette.host.datapath import batch, formats, frames, noise, packet, segments, sessions
 from flannelette.host.datapath.crypto import TAG_LEN
 from flannelette.host.datapath.packet import TOTAL_LENGTH
 from flannelette.host.datapath.segments import MAX_SEGMENTS, MAX_SEND
-from flannelette.host.datapath.vnet import PLAIN, VNET_HDR_LEN
+from flannelette.host.datapath.vnet import GSO_ECN, GSO_TCPV4, PLAIN, VNET_HDR, VNET_HDR_LEN
 from flannelette.host.kernel.udp import SOL_UDP, UDP_SEGMENT, SEGMENT
 
 log = logging.getLogger("flannelette.host.datapath")
 
-SEALED_HEADER = struct.Struct("<BBBxIQ")  # type, index, count, receiver, counter
+SEALED_HEADER = struct.Struct("<BBBBIQ")  # type, index, count, ask, receiver, counter
 SEALED_HEADER_LEN = SEALED_HEADER.size
 TRANSPORT_HEADER = noise.TRANSPORT_HEADER
 MAX_UNIT = 70000  # bytes of records in one unit: a 64 KB super-packet and its header, with room
@@ -52,12 +62,48 @@ MAX_DATAGRAMS = 64
 MAX_AGE = 0.2  # seconds a unit may take to arrive whole
 MAX_OPEN_UNITS = 8  # units of one peer being put together at once
 INDEXES = bytes(range(MAX_DATAGRAMS))
+# What a host asks of a peer whose sealed datagrams it loses: units short enough that the segments lost with
+# a datagram are about LOSS_BUDGET / loss, never fewer than MIN_ASK datagrams a unit (a unit of one datagram
+# can't hold a full-sized packet and its record header). Measured over every LOSS_SAMPLE datagrams, not over
+# time, so that it tightens as fast when loss has slowed TCP down; a sample without loss doubles what it
+# allows, up to any length.
+LOSS_BUDGET = 0.02
+MIN_ASK = 2
+LOSS_SAMPLE = 1000
 
 PLAIN_REFUSED = "plain_refused"  # a plain datagram from a peer with which a session exists (or under "required")
 NO_SESSION = "no_session"  # a packet for a peer whose handshake has not completed, beyond what waits for it
 UNIT_INCOMPLETE = "unit_incomplete"  # a sealed unit that lost a datagram
 BAD_UNIT = "bad_unit"  # a sealed datagram whose numbers do not add up
 DROP_REASONS = (PLAIN_REFUSED, NO_SESSION, UNIT_INCOMPLETE, BAD_UNIT) + sessions.DROP_REASONS
+
+
+def asked(previous: int, loss: float) -> int:
+    """The longest unit, in datagrams, to ask of a peer after a window in which `loss` of its datagrams were lost;
+    0 for any length."""
+    if loss > 0:
+        return max(MIN_ASK, min(MAX_DATAGRAMS - 1, int(LOSS_BUDGET / loss)))
+    if not previous or previous * 2 >= MAX_DATAGRAMS:
+        return 0
+    return previous * 2
+
+
+class LossMeter:
+    """How many of one peer's sealed datagrams arrive, and so how long its units may be (`ask`)."""
+
+    __slots__ = ("got", "lost", "ask")
+
+    def __init__(self):
+        self.got = self.lost = 0
+        self.ask = 0
+
+    def count(self, got: int, lost: int) -> None:
+        self.got += got
+        self.lost += lost
+        total = self.got + self.lost
+        if total >= LOSS_SAMPLE:
+            self.ask = asked(self.ask, self.lost / total)
+            self.got = self.lost = 0
 
 
 def buffer_address(buffer: bytearray) -> int:
@@ -68,12 +114,13 @@ def buffer_address(buffer: bytearray) -> int:
 class Unit:
     """A sealed unit being put together from its datagrams."""
 
-    __slots__ = ("count", "pieces", "held", "started", "kp")
+    __slots__ = ("count", "pieces", "held", "started", "kp", "ask")
 
     def __init__(self, count: int, started: float, kp):
         self.count, self.started, self.kp = count, started, kp
         self.pieces = [None] * count
         self.held = 0
+        self.ask = 0
 
 
 class Encrypted:
@@ -86,6 +133,8 @@ class Encrypted:
         self.room = self.mtu + noise.OVERHEAD if sessions_ is not None else self.mtu
         self._plain = bytearray(MAX_UNIT)
         self._plain_at = buffer_address(self._plain)
+        self._smaller = bytearray(MAX_UNIT)  # one of the smaller super-packets a peer that loses datagrams gets
+        self._smaller_at = buffer_address(self._smaller)
         self._cipher = bytearray(MAX_UNIT + TAG_LEN)
         self._cipher_at = buffer_address(self._cipher)
         self._cipher_view = memoryview(self._cipher)
@@ -119,7 +168,7 @@ class Encrypted:
         """`count` finished packets (`parts`, end to end, all of `size` bytes but the last) as transport messages."""
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         view = memoryview(data)
-        kp = self._keypair_for(peer, lambda: (formats.WIREGUARD, bytes(data), size))
+        kp = self._keypair_for(peer, lambda: (formats.WIREGUARD, bytes(data), size, size))
         if kp is None:
             return
         for start in range(0, len(data), size):
@@ -146,8 +195,10 @@ class Encrypted:
         if kp is not None and kp.sendable(self.clock()):
             self._seal_transport(kp, memoryview(b""), peer)
 
-    def _seal_records(self, pieces, length: int, packets: int, peer) -> None:
-        """Records (virtio-net header and packet, end to end in `pieces`) for a peer on the sealed format, as one unit."""
+    def _seal_records(self, pieces, length: int, packets: int, peer, stride: int = 0) -> None:
+        """Records (virtio-net header and packet, end to end in `pieces`) for a peer on the sealed format, as one
+        unit, or as several where the peer asked for shorter ones. `stride`: the length of each of `packets`
+        records but the last, when there are several."""
         if length > MAX_UNIT:
             self._drop(packet.OVERSIZED, "%d bytes of packets for %s: more than one sealed unit holds", length,
                        peer.host)
@@ -157,25 +208,80 @@ class Encrypted:
         for piece in pieces:
             plain[at:at + len(piece)] = piece
             at += len(piece)
-        kp = self._keypair_for(peer, lambda: (formats.SEALED, bytes(plain[:length]), packets))
+        kp = self._keypair_for(peer, lambda: (formats.SEALED, bytes(plain[:length]), packets, stride))
         if kp is None:
             return
-        self._seal_unit(kp, length, peer)
+        ask = peer.unit_limit
+        if ask and -(-(length + TAG_LEN) // (self.room - SEALED_HEADER_LEN)) > ask:
+            self._seal_shorter(kp, length, packets, stride, ask, peer)
+        else:
+            self._seal_unit(kp, self._plain_at, length, peer)
         counts = peer.counts
         counts.tx_packets += packets
         counts.tx_bytes += length
 
-    def _seal_unit(self, kp, length: int, peer) -> None:
-        """The `length` bytes in the plain buffer, sealed and sent as a unit."""
+    def _seal_shorter(self, kp, length: int, packets: int, stride: int, ask: int, peer) -> None:
+        """The records in the plain buffer as units of about `ask` datagrams: a run in shorter runs, a TCP
+        super-packet as smaller ones."""
+        plain = self._plain
+        chunk = self.room - SEALED_HEADER_LEN
+        if packets > 1:
+            step = stride * max(1, (ask * chunk - TAG_LEN) // stride)
+            for start in range(0, length, step):
+                self._seal_unit(kp, self._plain_at + start, min(step, length - start), peer)
+            return
+        gso_type, gso_size = plain[1] & ~GSO_ECN, VNET_HDR.unpack_from(plain, 0)[3]
+        if gso_type != GSO_TCPV4 or not gso_size:
+            self._seal_unit(kp, self._plain_at, length, peer)
+            return
+        self._seal_smaller(kp, length, gso_size, ask, peer)
+
+    def _seal_smaller(self, kp, length: int, gso_size: int, ask: int, peer) -> None:
+        """The TCP super-packet in the plain buffer as smaller ones of `ask` segments, a unit each, padded to whole
+        datagrams so that many units leave in one send (and arrive in one read)."""
+        ip = memoryview(self._plain)[VNET_HDR_LEN:length]
+        smaller, room = self._smaller, self.room
+        smaller[:VNET_HDR_LEN] = self._plain[:VNET_HDR_LEN]
+        chunk = room - SEALED_HEADER_LEN
+        per_send = min(MAX_SEGMENTS, MAX_SEND // room)
+        mark = peer.loss.ask if peer.loss is not None else 0
+        heads, heads_view, cipher = self._heads, self._heads_view, self._cipher_view
+        iov, datagrams = [], 0
+        for head, start, end in segments.smaller(ip, gso_size, ask):
+            at = VNET_HDR_LEN + len(head)
+            n = at + end - start
+            count = -(-(n + TAG_LEN) // chunk)
+            if datagrams + count > per_send:
+                self._send_sealed(iov, datagrams, room, peer)
+                iov, datagrams = [], 0
+            smaller[VNET_HDR_LEN:at] = head
+            smaller[at:n] = ip[start:end]
+            counter = kp.next_counter()
+            offset = datagrams * chunk
+            kp.send.seal_into(counter, self._smaller_at, n, self._cipher_at + offset, pad=count * chunk - TAG_LEN - n)
+            first, last = datagrams * SEALED_HEADER_LEN, (datagrams + count) * SEALED_HEADER_LEN
+            heads[first:last] = SEALED_HEADER.pack(formats.SEALED_UNIT, 0, count, mark, kp.remote, counter) * count
+            heads[first + 1:last:SEALED_HEADER_LEN] = INDEXES[:count]
+            for i in range(count):
+                iov.append(heads_view[first + i * SEALED_HEADER_LEN:first + (i + 1) * SEALED_HEADER_LEN])
+                iov.append(cipher[offset + i * chunk:offset + (i + 1) * chunk])
+            datagrams += count
+        if datagrams:
+            self._send_sealed(iov, datagrams, room, peer)
+        self.sessions.sent(kp.tunnel, self.clock(), True)
+
+    def _seal_unit(self, kp, source: int, length: int, peer) -> None:
+        """The `length` bytes at address `source`, sealed and sent as a unit."""
         counter = kp.next_counter()
-        total = kp.send.seal_into(counter, self._plain_at, length, self._cipher_at)
+        total = kp.send.seal_into(counter, source, length, self._cipher_at)
         chunk = self.room - SEALED_HEADER_LEN
         count = -(-total // chunk)
         if count > MAX_DATAGRAMS:
             self._drop(packet.OVERSIZED, "%d bytes for %s: more than one sealed unit holds", length, peer.host)
             return
         heads, span = self._heads, count * SEALED_HEADER_LEN
-        heads[:span] = SEALED_HEADER.pack(formats.SEALED_UNIT, 0, count, kp.remote, counter) * count
+        ask = peer.loss.ask if peer.loss is not None else 0
+        heads[:span] = SEALED_HEADER.pack(formats.SEALED_UNIT, 0, count, ask, kp.remote, counter) * count
         heads[1:span:SEALED_HEADER_LEN] = INDEXES[:count]
         heads_view, cipher = self._heads_view, self._cipher_view
         per_send = min(MAX_SEGMENTS, MAX_SEND // self.room)
@@ -206,11 +312,11 @@ class Encrypted:
     def _flush_staged(self, peer) -> None:
         """The packets that waited for the peer's first keypair."""
         staged, peer.tunnel.staged = peer.tunnel.staged, []
-        for kind, data, number in staged:
+        for kind, data, number, stride in staged:
             if kind != peer.format:  # the format changed meanwhile: TCP sends it again
                 self._drop(NO_SESSION, "a packet for %s that waited in another format", peer.host)
             elif kind == formats.SEALED:
-                self._seal_records([data], len(data), number, peer)
+                self._seal_records([data], len(data), number, peer, stride)
             else:
                 self._send_transport([data], -(-len(data) // number), number, len(data), peer)
 
@@ -314,32 +420,37 @@ class Encrypted:
             counts.rx_bytes += inner
 
     def _deliver_sealed(self, view, start: int, count: int, stride: int, size: int, tail: int, peer, now: float) -> None:
-        """A run of sealed datagrams; a whole unit in it (a UDP_GRO read, a veth) is opened without assembly."""
+        """A run of sealed datagrams; the whole units in it (a UDP_GRO read, a veth) are opened without assembly."""
         items = count + (1 if tail else 0)
-        if 2 <= items <= MAX_DATAGRAMS and size > SEALED_HEADER_LEN:
-            heads = batch.unpack_headers(view, start, count, stride, SEALED_HEADER_LEN)
-            if tail:
-                heads += (bytes(view[start + count * stride:start + count * stride + SEALED_HEADER_LEN]),)
-            first = heads[0]
-            if first[0] == formats.SEALED_UNIT and first[1] == 0 and first[2] == items \
-                    and heads == _unit_heads(first, items):
-                parts = batch.payloads(view, start, count, stride, SEALED_HEADER_LEN, size)
-                if tail:
-                    parts.append(view[start + count * stride + SEALED_HEADER_LEN:start + count * stride + tail])
-                _, _, _, receiver, counter = SEALED_HEADER.unpack(first)
+        if items < 2 or size <= SEALED_HEADER_LEN:
+            for i in range(items):
+                self._sealed_datagram(view, start + i * stride, size if i < count else tail, peer, now)
+            return
+        heads = batch.unpack_headers(view, start, count, stride, SEALED_HEADER_LEN)
+        parts = batch.payloads(view, start, count, stride, SEALED_HEADER_LEN, size)
+        if tail:
+            heads += (bytes(view[start + count * stride:start + count * stride + SEALED_HEADER_LEN]),)
+            parts.append(view[start + count * stride + SEALED_HEADER_LEN:start + count * stride + tail])
+        i = 0
+        while i < items:
+            first = heads[i]
+            whole = first[2]
+            if first[0] == formats.SEALED_UNIT and first[1] == 0 and 2 <= whole <= items - i \
+                    and heads[i:i + whole] == _unit_heads(first, whole):
+                _, _, _, ask, receiver, counter = SEALED_HEADER.unpack(first)
                 kp = self._session_for(receiver, peer, counter)
                 if kp is not None:
-                    self._open_unit(kp, counter, parts, peer)
-                return
-        for i in range(items):
-            position = start + i * stride
-            self._sealed_datagram(view, position, size if i < count else tail, peer, now)
+                    self._open_unit(kp, counter, parts[i:i + whole], ask, peer)
+                i += whole
+            else:
+                self._sealed_datagram(view, start + i * stride, size if i < count else tail, peer, now)
+                i += 1
 
     def _sealed_datagram(self, view, position: int, n: int, peer, now: float) -> None:
         if n <= SEALED_HEADER_LEN:
             self._drop(BAD_UNIT, "%d bytes from %s: too short for a sealed datagram", n, peer.host)
             return
-        _, index, count, receiver, counter = SEALED_HEADER.unpack_from(view, position)
+        _, index, count, ask, receiver, counter = SEALED_HEADER.unpack_from(view, position)
         if not 1 <= count <= MAX_DATAGRAMS or index >= count:
             self._drop(BAD_UNIT, "a sealed datagram from %s numbered %d of %d", peer.host, index, count)
             return
@@ -348,7 +459,7 @@ class Encrypted:
             return
         piece = view[position + SEALED_HEADER_LEN:position + n]
         if count == 1:
-            self._open_unit(kp, counter, [piece], peer)
+            self._open_unit(kp, counter, [piece], ask, peer)
             return
         units = peer.units
         if units is None:
@@ -365,17 +476,19 @@ class Encrypted:
             return
         unit.pieces[index] = bytes(piece)
         unit.held += 1
+        unit.ask = ask
         if unit.held == count:
             del units[(receiver, counter)]
             if not units:
                 self._open_units.discard(peer)
-            self._open_unit(kp, counter, unit.pieces, peer)
+            self._open_unit(kp, counter, unit.pieces, unit.ask, peer)
 
     def _expire_units(self, peer, now: float, oldest: bool = False) -> None:
         units = peer.units
         for key, unit in sorted(units.items(), key=lambda item: item[1].started):
             if oldest or now - unit.started > MAX_AGE:
                 del units[key]
+                self._loss_meter(peer).count(unit.held, unit.count - unit.held)
                 self._drop(UNIT_INCOMPLETE, "a sealed unit from %s lost %d of its %d datagrams", peer.host,
                            unit.count - unit.held, unit.count)
                 oldest = False
@@ -386,8 +499,14 @@ class Encrypted:
         for peer in list(self._open_units):
             self._expire_units(peer, now)
 
-    def _open_unit(self, kp, counter: int, pieces, peer) -> None:
-        """A whole unit: opened, then every record in it checked and written."""
+    @staticmethod
+    def _loss_meter(peer) -> LossMeter:
+        if peer.loss is None:
+            peer.loss = LossMeter()
+        return peer.loss
+
+    def _open_unit(self, kp, counter: int, pieces, ask: int, peer) -> None:
+        """A whole unit: opened, then every record in it checked and written; what it asks of this host taken."""
         chunk = len(pieces[0])
         if any(len(piece) != chunk for piece in pieces[:-1]) or len(pieces[-1]) > chunk:
             self._drop(BAD_UNIT, "a sealed unit from %s whose datagrams differ in size", peer.host)
@@ -406,6 +525,8 @@ class Encrypted:
             self._drop(sessions.AUTH_FAILED, "a sealed unit of %d bytes from %s does not open", n, peer.host)
             return
         self._opened_by(kp, counter, True, peer)
+        peer.unit_limit = ask if MIN_ASK <= ask < MAX_DATAGRAMS else 0
+        self._loss_meter(peer).count(len(pieces), 0)
         self._deliver_records(self._opened_view, length, peer)
 
     def _deliver_records(self, opened, length: int, peer) -> None:
@@ -413,6 +534,10 @@ class Encrypted:
         mtu = self.mtu
         counts = peer.counts
         while at < length:
+            if opened[at + VNET_HDR_LEN] == 0 if length - at > VNET_HDR_LEN else not opened[at]:
+                if opened[at:length] != bytes(length - at):  # zeros end a unit padded to whole datagrams
+                    self._drop(packet.MALFORMED, "a sealed unit from %s padded with more than zeros", peer.host)
+                return
             if length - at < VNET_HDR_LEN + packet.IPV4_HEADER_LEN:
                 self._drop(packet.MALFORMED, "%d bytes left over in a sealed unit from %s", length - at, peer.host)
                 return

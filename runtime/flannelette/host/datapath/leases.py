@@ -38,7 +38,8 @@ class Peer:
     """
 
     __slots__ = ("host", "subnet", "public_ip", "address", "ip", "key", "counts", "marked_flannel",
-                 "format", "exchange", "heard", "frames", "train", "public_key", "tunnel", "units")
+                 "format", "exchange", "heard", "frames", "train", "public_key", "tunnel", "units", "loss",
+                 "unit_limit")
 
     def __init__(self, host: str, subnet: IPv4Network, public_ip: IPv4Address, port: int, marked_flannel: bool = False,
                  public_key: Optional[bytes] = None):
@@ -46,6 +47,8 @@ class Peer:
         self.public_key = public_key  # its WireGuard public key, from its lease
         self.tunnel = None  # flannelette.host.datapath.sessions.Tunnel, where both ends have keys
         self.units = None  # sealed units from it not yet whole (flannelette.host.datapath.encrypted)
+        self.loss = None  # how many of its sealed datagrams arrive (encrypted.LossMeter)
+        self.unit_limit = 0  # the longest sealed unit, in datagrams, it asked of this host (0: any)
         self.key = int(subnet.network_address) >> (32 - subnet.prefixlen)
         self.address = (str(public_ip), port)
         self.ip = int(public_ip)  # how a received datagram's sender is looked up

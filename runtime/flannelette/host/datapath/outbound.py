@@ -204,7 +204,7 @@ class Outbound:
             return
         if peer.format == formats.SEALED:  # the run, headers and all, in one sealed unit
             self._decrement_run(view, fields, full, size, tail, end)
-            self._seal_records([view[:end]], end, count, peer)
+            self._seal_records([view[:end]], end, count, peer, size)
             return
         flags, gso_types = bytes(view[0:end:size]), bytes(view[1:end:size])
         if gso_types.count(GSO_NONE) != count:

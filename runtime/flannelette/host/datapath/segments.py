@@ -233,6 +233,35 @@ def segment_header(ip, ihl: int, headers: int, total: int, flags: int, partial: 
     return bytes(head)
 
 
+def smaller(ip, mss: int, per: int) -> List[Tuple[bytes, int, int]]:
+    """A TCP super-packet as smaller ones of at most `per` segments each: [(IPv4 and TCP headers, payload start, end)].
+
+    `ip` is the super-packet as flannel0 hands it over (its TCP check field
+    holding the pseudo-header sum); each smaller one is what its first `per`
+    segments would have been, joined: sequence number and IP ID of its first
+    segment, CWR only on the first, FIN and PSH only on the last, its own
+    length, IP checksum and pseudo-header sum. Cut by the kernel at `mss`,
+    they give exactly the segments the whole one would have given. The
+    payload stays where it is: each entry gives its span in `ip`.
+    """
+    ihl = (ip[0] & 0x0F) * 4
+    headers = ihl + tcp_header_len(ip, ihl)
+    payload = len(ip) - headers
+    step = mss * per
+    flags = ip[ihl + 13]
+    seq = SEQ.unpack_from(ip, ihl + 4)[0]
+    ident = None if WORD.unpack_from(ip, 6)[0] & DF else WORD.unpack_from(ip, 4)[0]
+    out = []
+    for first in range(0, payload, step):
+        length = min(step, payload - first)
+        these = flags & ~(TCP_CWR if first else 0) & ~(TCP_FIN | TCP_PSH if first + length < payload else 0)
+        head = bytearray(segment_header(ip, ihl, headers, headers + length, these, True,
+                                        None if ident is None else (ident + first // mss) & 0xFFFF))
+        SEQ.pack_into(head, ihl + 4, (seq + first) % SEQ_SPACE)
+        out.append((bytes(head), headers + first, headers + first + length))
+    return out
+
+
 def fits(length: int, room: int) -> bool:
     """Whether a packet of `length` bytes goes as one segment datagram."""
     return length + HEADER_LEN <= room
