@@ -50,7 +50,6 @@ from flannelette.host.datapath.crypto import TAG_LEN
 from flannelette.host.datapath.packet import TOTAL_LENGTH
 from flannelette.host.datapath.segments import MAX_SEGMENTS, MAX_SEND
 from flannelette.host.datapath.vnet import GSO_ECN, GSO_TCPV4, PLAIN, VNET_HDR, VNET_HDR_LEN
-from flannelette.host.kernel.udp import SOL_UDP, UDP_SEGMENT, SEGMENT
 
 log = logging.getLogger("flannelette.host.datapath")
 
@@ -187,7 +186,7 @@ class Encrypted:
         TRANSPORT_HEADER.pack_into(buf, 0, noise.TRANSPORT, kp.remote, counter)
         at = self._transport_at + noise.TRANSPORT_HEADER_LEN
         length = kp.send.seal_into(counter, at, padded, at)
-        self._send_sealed([memoryview(buf)[:noise.TRANSPORT_HEADER_LEN + length]], 1, 0, peer)
+        self._transmit([memoryview(buf)[:noise.TRANSPORT_HEADER_LEN + length]], 1, 0, peer)
         self.sessions.sent(kp.tunnel, self.clock(), n > 0)
 
     def _send_keepalive(self, peer) -> None:
@@ -252,7 +251,7 @@ class Encrypted:
             n = at + end - start
             count = -(-(n + TAG_LEN) // chunk)
             if datagrams + count > per_send:
-                self._send_sealed(iov, datagrams, room, peer)
+                self._transmit(iov, datagrams, room, peer)
                 iov, datagrams = [], 0
             smaller[VNET_HDR_LEN:at] = head
             smaller[at:n] = ip[start:end]
@@ -267,7 +266,7 @@ class Encrypted:
                 iov.append(cipher[offset + i * chunk:offset + (i + 1) * chunk])
             datagrams += count
         if datagrams:
-            self._send_sealed(iov, datagrams, room, peer)
+            self._transmit(iov, datagrams, room, peer)
         self.sessions.sent(kp.tunnel, self.clock(), True)
 
     def _seal_unit(self, kp, source: int, length: int, peer) -> None:
@@ -291,23 +290,8 @@ class Encrypted:
             for i in range(first, last):
                 iov.append(heads_view[i * SEALED_HEADER_LEN:(i + 1) * SEALED_HEADER_LEN])
                 iov.append(cipher[i * chunk:min(total, (i + 1) * chunk)])
-            self._send_sealed(iov, last - first, self.room, peer)
+            self._transmit(iov, last - first, self.room, peer)
         self.sessions.sent(kp.tunnel, self.clock(), True)
-
-    def _send_sealed(self, iov, count: int, size: int, peer) -> None:
-        try:
-            if count == 1:
-                self.sock.sendmsg(iov, (), 0, peer.address)
-            elif self.gso:
-                self.sock.sendmsg(iov, [(SOL_UDP, UDP_SEGMENT, SEGMENT.pack(size))], 0, peer.address)
-            else:
-                data = b"".join(iov)
-                for start in range(0, len(data), size):
-                    self.sock.sendto(data[start:start + size], peer.address)
-        except OSError as e:
-            self.drops[packet.SEND_FAILED] += count
-            self.warnings.warn(packet.SEND_FAILED, "%d datagrams to %s (%s): %s", count, peer.host,
-                               peer.address[0], e.strerror)
 
     def _flush_staged(self, peer) -> None:
         """The packets that waited for the peer's first keypair."""
@@ -322,13 +306,13 @@ class Encrypted:
 
     # -- receiving -------------------------------------------------------------------------
 
-    def _refuse_plain(self, peer) -> bool:
-        """Whether a plain datagram from `peer` is refused: a session with it exists, or every peer must encrypt."""
-        tunnel = peer.tunnel
-        if (tunnel is not None and tunnel.ever) or self.required:
-            self._drop(PLAIN_REFUSED, "a plain datagram from %s (%s), which encrypts", peer.host, peer.address[0])
-            return True
-        return False
+    def _encrypts(self, peer) -> bool:
+        """Whether nothing but encrypted formats goes to or comes from `peer`: a session with it has existed, or
+        every peer must encrypt."""
+        return self.required or (peer.tunnel is not None and peer.tunnel.ever)
+
+    def _refuse_plain(self, peer) -> None:
+        self._drop(PLAIN_REFUSED, "a plain datagram from %s (%s), which encrypts", peer.host, peer.address[0])
 
     def _session_for(self, receiver: int, peer, counter: int):
         """The keypair a message with `receiver` and `counter` from `peer` opens with, or None after counting why not."""

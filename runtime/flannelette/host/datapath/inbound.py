@@ -92,8 +92,7 @@ class Inbound:
     def _deliver(self, view, start: int, count: int, stride: int, size: int, tail: int, peer, now: float) -> None:
         """`count` datagrams of `size` bytes, `stride` apart from `start`, then maybe one of `tail` bytes, from `peer`."""
         first = view[start]
-        guarded = self.required or (peer.tunnel is not None and peer.tunnel.ever)  # nothing plain from it
-        if guarded or first == formats.SEALED_UNIT or first == noise.TRANSPORT:
+        if self._encrypts(peer) or first == formats.SEALED_UNIT or first == noise.TRANSPORT:
             firsts = bytes(view[start:start + count * stride:stride]) + (bytes(view[start + count * stride:][:1])
                                                                          if tail else b"")
             if firsts.count(first) == len(firsts):
@@ -257,8 +256,7 @@ class Inbound:
                     and peer.exchange.state != exchange.PREVIOUS:  # a frame of flannelette 0.1 may look the same
                 self._handshake(view[position:position + n], n, first, peer, now)
                 continue
-            if (self.required or (peer.tunnel is not None and peer.tunnel.ever)) \
-                    and first != formats.HELLO and first != formats.ANSWER:
+            if self._encrypts(peer) and first != formats.HELLO and first != formats.ANSWER:
                 self._refuse_plain(peer)
                 continue
             if formats.is_plain(first):

@@ -154,7 +154,7 @@ class DataPath(Outbound, Inbound, Encrypted):
             return formats.FAST if best == formats.SEALED else best
         if best == formats.SEALED:
             return formats.SEALED
-        if tunnel.ever or self.required:
+        if self._encrypts(peer):
             return formats.WIREGUARD
         return best
 

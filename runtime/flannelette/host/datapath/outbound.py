@@ -327,6 +327,15 @@ class Outbound:
                 initiation = self.sessions.initiate(tunnel, self.clock())
                 if initiation is not None:
                     self._send_control(initiation, peer)
+        if self._transmit(parts, count, size, peer):
+            counts = peer.counts
+            counts.tx_packets += count
+            counts.tx_bytes += carried
+        return None
+
+    def _transmit(self, parts, count: int, size: int, peer) -> bool:
+        """`parts` (buffers, end to end) to `peer` as `count` datagrams of `size` bytes, the last maybe shorter: in
+        one UDP_SEGMENT send where the kernel has it (Linux 4.18), one by one where it has not."""
         try:
             if count == 1:
                 self.sock.sendmsg(parts, (), 0, peer.address)
@@ -340,14 +349,12 @@ class Outbound:
             if e.errno in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT) and self.gso and count > 1:
                 log.info("UDP segmentation offload unavailable (%s); sending one datagram per call", e.strerror)
                 self.gso = False
-                return self._send(parts, count, size, carried, peer)
+                return self._transmit(parts, count, size, peer)
             self.drops[packet.SEND_FAILED] += count
-            self.warnings.warn(packet.SEND_FAILED, "%d packets to %s (%s): %s", count, peer.host, peer.address[0], e.strerror)
-            return None
-        counts = peer.counts
-        counts.tx_packets += count
-        counts.tx_bytes += carried
-        return None
+            self.warnings.warn(packet.SEND_FAILED, "%d datagrams to %s (%s): %s", count, peer.host, peer.address[0],
+                               e.strerror)
+            return False
+        return True
 
     def _send_control(self, message: bytes, peer) -> None:
         """A message of the capability exchange."""
