@@ -139,6 +139,11 @@ class Encrypted:
         self._cipher_view = memoryview(self._cipher)
         self._heads = bytearray(MAX_DATAGRAMS * SEALED_HEADER_LEN)
         self._heads_view = memoryview(self._heads)
+        # The buffers for sendmsg of a unit's datagrams, header and chunk by turns, made once.
+        chunk = self.room - SEALED_HEADER_LEN
+        self._unit_iov = [view for i in range(MAX_DATAGRAMS) for view in (
+            self._heads_view[i * SEALED_HEADER_LEN:(i + 1) * SEALED_HEADER_LEN],
+            self._cipher_view[i * chunk:(i + 1) * chunk])]
         self._opened = bytearray(MAX_UNIT + TAG_LEN)
         self._opened_at = buffer_address(self._opened)
         self._opened_view = memoryview(self._opened)
@@ -244,7 +249,7 @@ class Encrypted:
         chunk = room - SEALED_HEADER_LEN
         per_send = min(MAX_SEGMENTS, MAX_SEND // room)
         mark = peer.loss.ask if peer.loss is not None else 0
-        heads, heads_view, cipher = self._heads, self._heads_view, self._cipher_view
+        heads, unit_iov = self._heads, self._unit_iov
         iov, datagrams = [], 0
         for head, start, end in segments.smaller(ip, gso_size, ask):
             at = VNET_HDR_LEN + len(head)
@@ -261,9 +266,7 @@ class Encrypted:
             first, last = datagrams * SEALED_HEADER_LEN, (datagrams + count) * SEALED_HEADER_LEN
             heads[first:last] = SEALED_HEADER.pack(formats.SEALED_UNIT, 0, count, mark, kp.remote, counter) * count
             heads[first + 1:last:SEALED_HEADER_LEN] = INDEXES[:count]
-            for i in range(count):
-                iov.append(heads_view[first + i * SEALED_HEADER_LEN:first + (i + 1) * SEALED_HEADER_LEN])
-                iov.append(cipher[offset + i * chunk:offset + (i + 1) * chunk])
+            iov += unit_iov[2 * datagrams:2 * (datagrams + count)]
             datagrams += count
         if datagrams:
             self._transmit(iov, datagrams, room, peer)
@@ -282,14 +285,12 @@ class Encrypted:
         ask = peer.loss.ask if peer.loss is not None else 0
         heads[:span] = SEALED_HEADER.pack(formats.SEALED_UNIT, 0, count, ask, kp.remote, counter) * count
         heads[1:span:SEALED_HEADER_LEN] = INDEXES[:count]
-        heads_view, cipher = self._heads_view, self._cipher_view
         per_send = min(MAX_SEGMENTS, MAX_SEND // self.room)
         for first in range(0, count, per_send):
             last = min(count, first + per_send)
-            iov = []
-            for i in range(first, last):
-                iov.append(heads_view[i * SEALED_HEADER_LEN:(i + 1) * SEALED_HEADER_LEN])
-                iov.append(cipher[i * chunk:min(total, (i + 1) * chunk)])
+            iov = self._unit_iov[2 * first:2 * last]
+            if last == count:  # the tag ends the last chunk, maybe short
+                iov[-1] = self._cipher_view[(count - 1) * chunk:total]
             self._transmit(iov, last - first, self.room, peer)
         self.sessions.sent(kp.tunnel, self.clock(), True)
 
@@ -420,7 +421,7 @@ class Encrypted:
             first = heads[i]
             whole = first[2]
             if first[0] == formats.SEALED_UNIT and first[1] == 0 and 2 <= whole <= items - i \
-                    and heads[i:i + whole] == _unit_heads(first, whole):
+                    and _one_unit(heads[i:i + whole], first):
                 _, _, _, ask, receiver, counter = SEALED_HEADER.unpack(first)
                 kp = self._session_for(receiver, peer, counter)
                 if kp is not None:
@@ -539,5 +540,8 @@ class Encrypted:
                 counts.rx_bytes += n - VNET_HDR_LEN
 
 
-def _unit_heads(first: bytes, count: int) -> tuple:
-    return tuple(first[:1] + bytes((index,)) + first[2:] for index in range(count))
+def _one_unit(heads: tuple, first: bytes) -> bool:
+    """Whether `heads` are the headers of one unit's datagrams, in order: `first`'s, but for the index."""
+    expected = bytearray(first * len(heads))
+    expected[1::SEALED_HEADER_LEN] = INDEXES[:len(heads)]
+    return b"".join(heads) == expected
