@@ -13,6 +13,12 @@ from .errors import LabError
 from .rootfs import remove_tree
 
 NSPAWN_RUN = "/run/systemd/nspawn"
+# Each booted host's systemd, journald and logind hold inotify instances, and
+# the kernel counts them per user, all root here: the default 128 run out near
+# 20 hosts ("Failed to allocate manager object: Too many open files").
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+INOTIFY_PER_HOST = 16  # about 9 measured on a booted host, and room for containers on it
+INOTIFY_BASE = 128  # the kernel's default, for everything else on the machine
 
 
 def host_dir(state_dir, host):
@@ -28,6 +34,16 @@ def mount_layer(lower, hdir, label):
         opts = f"lowerdir={lower},upperdir={upper},workdir={work}"
         shell.run(["mount", "-t", "overlay", label, "-o", opts, str(root)])
     return root
+
+
+def ensure_inotify_instances(hosts, path=INOTIFY_INSTANCES):
+    """Raise, never lower, the machine's inotify instance limit to what `hosts`
+    booted hosts need; the new limit, or None when it was enough."""
+    needed = INOTIFY_BASE + INOTIFY_PER_HOST * hosts
+    if int(path.read_text()) >= needed:
+        return None
+    path.write_text(f"{needed}\n")
+    return needed
 
 
 def first_boot_files(host, authorized_key, machine_id):

@@ -83,6 +83,15 @@ class Lab:
         finally:
             client.close()
 
+    def run_attached(self, name, command, stdin, stdout, stderr):
+        """Run `command` (a shell string) on host `name` as `ssh` does, with
+        these streams as its own; its exit code."""
+        client = self.connect(name)
+        try:
+            return ssh.run_attached(client, command, stdin, stdout, stderr)
+        finally:
+            client.close()
+
     def _address(self, name):
         for host_name, address in self.hosts():
             if host_name == name:
@@ -119,6 +128,9 @@ class Lab:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         ssh.ensure_key(self.key_path, f"flannelette-lab-{self.name}")
         network.ensure_bridge(self.plan)
+        raised = hostmod.ensure_inotify_instances(len(wanted))
+        if raised:
+            self.log(f"fs.inotify.max_user_instances raised to {raised}, for {len(wanted)} booted hosts")
         for host in wanted:
             if not self._is_running(state, host):
                 booted.append(host)
