@@ -64,10 +64,7 @@ def cmd_ssh(lab, args):
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         raise LabError("ssh: give a command after --, e.g. ssh node2 -- ip -br addr")
-    result = lab.run(args.host, " ".join(cmd), timeout=None)
-    sys.stdout.write(result.stdout)
-    sys.stderr.write(result.stderr)
-    return result.returncode
+    return lab.run_attached(args.host, " ".join(cmd), sys.stdin.buffer, sys.stdout.buffer, sys.stderr.buffer)
 
 
 COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "ssh": cmd_ssh}

@@ -2,6 +2,7 @@
 
 import socket
 import subprocess
+import threading
 from pathlib import Path
 
 from . import network, shell
@@ -59,6 +60,45 @@ def run(client, command, timeout=60):
     err = stderr.read().decode(errors="replace")
     rc = stdout.channel.recv_exit_status()
     return subprocess.CompletedProcess(command, rc, out, err)
+
+
+CHUNK = 32768
+
+
+def run_attached(client, command, stdin, stdout, stderr):
+    """Run `command` as `ssh HOST COMMAND` does: `stdin` is its standard input
+    until EOF, its output goes to `stdout` and `stderr` as it comes (binary
+    files); its exit code."""
+    channel = client.get_transport().open_session()
+    channel.exec_command(command)
+    threads = [threading.Thread(target=_feed, args=(stdin, channel), daemon=True),
+               threading.Thread(target=_drain, args=(channel.recv_stderr, stderr), daemon=True)]
+    for thread in threads:
+        thread.start()
+    _drain(channel.recv, stdout)
+    threads[1].join()
+    # The feeder may still wait on a terminal that never ends its input: ssh
+    # doesn't wait for it either once the command has exited.
+    return channel.recv_exit_status()
+
+
+def _feed(stdin, channel):
+    try:
+        while data := stdin.read1(CHUNK):
+            channel.sendall(data)
+    except OSError:  # the command exited and closed its side first
+        pass
+    finally:
+        try:
+            channel.shutdown_write()
+        except OSError:
+            pass
+
+
+def _drain(receive, out):
+    while data := receive(CHUNK):
+        out.write(data)
+        out.flush()
 
 
 def answers(address, key_path, timeout=5, netns=None):

@@ -77,3 +77,57 @@ def test_cli_ssh_takes_the_command_after_the_double_dash():
     args = parse_args(["ssh", "node2", "--", "ip", "-br", "addr"])
     assert (args.command, args.host, args.cmd) == ("ssh", "node2", ["ip", "-br", "addr"])
     assert parse_args(["up"]).hosts == 3
+
+
+def test_the_inotify_limit_is_raised_for_many_hosts_never_lowered(tmp_path):
+    limit = tmp_path / "max_user_instances"
+    limit.write_text("128\n")
+    assert host.ensure_inotify_instances(20, limit) == host.INOTIFY_BASE + 20 * host.INOTIFY_PER_HOST
+    assert int(limit.read_text()) == host.INOTIFY_BASE + 20 * host.INOTIFY_PER_HOST
+    limit.write_text("100000\n")
+    assert host.ensure_inotify_instances(20, limit) is None
+    assert limit.read_text() == "100000\n"
+
+
+class FakeChannel:
+    """A paramiko channel whose command echoes its input, upper-cased on stdout, with a line on stderr."""
+
+    def __init__(self):
+        import threading
+
+        self.received, self.closed_input, self.command = b"", threading.Event(), None
+        self.out, self.err = [], [b"warning\n"]
+
+    def exec_command(self, command):
+        self.command = command
+
+    def sendall(self, data):
+        self.received += data
+
+    def shutdown_write(self):
+        self.out.append(self.received.upper())
+        self.closed_input.set()
+
+    def recv(self, size):
+        self.closed_input.wait()
+        return self.out.pop(0) if self.out else b""
+
+    def recv_stderr(self, size):
+        return self.err.pop(0) if self.err else b""
+
+    def recv_exit_status(self):
+        return 3
+
+
+def test_lab_ssh_passes_standard_input_and_streams_output():
+    import io
+    from types import SimpleNamespace
+
+    from lab import ssh
+
+    channel = FakeChannel()
+    client = SimpleNamespace(get_transport=lambda: SimpleNamespace(open_session=lambda: channel))
+    stdin, stdout, stderr = io.BufferedReader(io.BytesIO(b"a heredoc\nof two lines\n")), io.BytesIO(), io.BytesIO()
+    assert ssh.run_attached(client, "tr a-z A-Z", stdin, stdout, stderr) == 3
+    assert channel.command == "tr a-z A-Z" and channel.received == b"a heredoc\nof two lines\n"
+    assert stdout.getvalue() == b"A HEREDOC\nOF TWO LINES\n" and stderr.getvalue() == b"warning\n"
