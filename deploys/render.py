@@ -16,18 +16,13 @@ from flannelette.host.daemon import BRIDGE_NAME as BRIDGE
 from flannelette.host.healthz import DEFAULT_PORT as HEALTHZ_PORT
 from flannelette.host.datapath.noise import OVERHEAD as WIREGUARD_OVERHEAD
 from flannelette.host.kernel.netlink import ENCAP_OVERHEAD
+from flannelette.host.paths import (  # noqa: F401 (for the deploy)
+    COMMAND, CONF_DIR, LEASES, NET_CONF, PRIVATE_KEY, PSK, PYZ, UNIT_NAME,
+)
 from flannelette.host.subnetenv import DEFAULT_PATH as SUBNET_ENV
 from flannelette.model.config import Lease, NetConf, render_leases
 
-# Where the deploy puts things on a host.
-PYZ = "/usr/local/lib/flannelette/flannelette.pyz"
-COMMAND = "/usr/local/bin/flannelette"
-CONF_DIR = "/etc/flannelette"
-NET_CONF = f"{CONF_DIR}/net-conf.json"
-LEASES = f"{CONF_DIR}/leases.json"
-PRIVATE_KEY = f"{CONF_DIR}/private.key"  # made on the host, never read by the deploy
-PSK = f"{CONF_DIR}/psk"
-UNIT_NAME = "flannelette.service"
+# Where the deploy puts things on a host (its configuration: flannelette.host.paths).
 UNIT = f"/etc/systemd/system/{UNIT_NAME}"
 SYSCTL = "/etc/sysctl.d/90-flannelette.conf"
 CONFLIST = "/etc/cni/net.d/10-flannelette.conflist"

@@ -113,3 +113,35 @@ def test_journal_formatter_prefixes_priority():
 
     record = logging.LogRecord("x", logging.WARNING, __file__, 1, "dropped", (), None)
     assert daemon.JournalFormatter("%(message)s").format(record) == "<4>dropped"
+
+
+def test_status_json_when_nothing_answers_still_says_the_unit_and_the_files(tmp_path, monkeypatch, capsys):
+    import json
+
+    from flannelette.model import config
+
+    (tmp_path / "net-conf.json").write_text('{"Network": "10.244.0.0/16", "Backend": {"Type": "udp"}}')
+    (tmp_path / "leases.json").write_text(config.render_leases(LEASES))
+    monkeypatch.setattr(status, "unit_state", lambda: "inactive")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        args = argparse.Namespace(healthz=f"127.0.0.1:{s.getsockname()[1]}", json=True, net_conf=str(tmp_path / "net-conf.json"),
+                                  leases=str(tmp_path / "leases.json"), private_key=str(tmp_path / "none"))
+        assert status.main(args) == status.EXIT_DOWN
+    document = json.loads(capsys.readouterr().out)
+    assert document["unit"] == "inactive" and document["answers"] is False and document["ready"] is False
+    assert document["leases_file"] == {"hash": metrics.lease_hash(LEASES), "count": 2}
+    assert document["public_key"] is None and "nothing answers" in document["error"]
+
+
+def test_status_peers_carry_ages_by_the_hosts_clock():
+    page = (
+        'flannelette_peer_packets_total{direction="tx",peer="node2",subnet="10.244.2.0/24",public_ip="192.168.56.12"} 10\n'
+        'flannelette_peer_info{peer="node2",subnet="10.244.2.0/24",public_ip="192.168.56.12",format="sealed",'
+        'exchange="confirmed",release="0.1.0"} 1\n'
+        'flannelette_peer_last_heard_timestamp_seconds{peer="node2"} 990\n'
+        'flannelette_peer_auth_failed_total{peer="node2"} 2\n'
+    )
+    (peer,) = status.peers(status.samples_by_name(page), now=1000.0)
+    assert peer == {"peer": "node2", "subnet": "10.244.2.0/24", "public_ip": "192.168.56.12", "tx": 10, "rx": 0,
+                    "format": "sealed", "exchange": "confirmed", "release": "0.1.0", "heard": 10.0, "refused": 2}

@@ -12,9 +12,9 @@ import os
 import stat
 import sys
 
+from flannelette.host.paths import PRIVATE_KEY as DEFAULT_PATH
 from flannelette.model.config import decode_key
 
-DEFAULT_PATH = "/etc/flannelette/private.key"
 EXIT_OK, EXIT_FAILED = 0, 1
 
 
