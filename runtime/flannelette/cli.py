@@ -54,10 +54,21 @@ HOST_COMMANDS = {
     ),
     "status": Command(
         "flannelette.host.status",
-        "summarise the local runtime",
-        "Summarise the local runtime from its --healthz endpoint.",
+        "summarise the local runtime (with INVENTORY: every host's)",
+        "Summarise the local runtime from its --healthz endpoint. On the operator's machine, "
+        "`flannelette status INVENTORY` asks every host of the inventory over SSH instead "
+        "(`flannelette status INVENTORY --help`).",
     ),
 }
+# `flannelette status INVENTORY`: the same word, on the operator's machine, for the whole fleet.
+FLEET_STATUS = Command(
+    "flannelette.controller.fleet",
+    "every host's runtime: one table, and who hears whom",
+    "Ask every host of a pyinfra inventory over SSH, as the deploy reaches them, for its runtime's state, "
+    "and print one table (unit, ready, lease table against the plan's, peers heard, formats, drops) and "
+    "a matrix of who hears whom. Exit 1 when any host is unreachable, down, not ready or on another "
+    "lease table than the plan's.",
+)
 
 DESCRIPTION = """\
 flannelette gives plain Linux hosts one flat overlay network, the way flannel's
@@ -68,6 +79,7 @@ On the operator's machine:
   flannelette validate inventory/prod.py     check net-conf and every host's data
   flannelette plan inventory/prod.py         show each host's subnet
   flannelette plan inventory/prod.py --write allocate subnets for new hosts
+  flannelette status inventory/prod.py       every host's runtime, and who hears whom
   pyinfra inventory/prod.py deploys/overlay.py
 
 On a host (started by systemd):
@@ -108,6 +120,15 @@ def command_parser(name: str, command: Command):
     return parser, module.main
 
 
+def chosen(name: str, arguments: list, available: dict) -> Command:
+    """The command `name` runs: `status` naming an INVENTORY is the fleet's, where the operator side is installed."""
+    if name != "status" or "validate" not in available:
+        return available[name]
+    parser, _ = command_parser(name, available[name])
+    _, rest = parser.parse_known_args([a for a in arguments if a not in ("-h", "--help")])
+    return FLEET_STATUS if any(not a.startswith("-") for a in rest) else available[name]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     available = commands()
     try:
@@ -119,7 +140,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"flannelette {top.command}: an operator's command; run it where flannelette[deploy] "
                   "is installed, not on a host", file=sys.stderr)
             return EXIT_USAGE
-        parser, run = command_parser(top.command, available[top.command])
+        parser, run = command_parser(top.command, chosen(top.command, top.arguments, available))
         args = parser.parse_args(top.arguments)
     except SystemExit as e:  # argparse exits 2 on usage errors, 0 on --help
         return int(e.code or 0)

@@ -41,6 +41,11 @@ class NetConf:
     source: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
+    def encrypted(self) -> bool:
+        """Whether hosts get keys and every lease carries one (docs/encryption.md)."""
+        return self.encryption != ENCRYPTION_OFF and self.wire != WIRE_FLANNEL
+
+    @property
     def subnet_size(self) -> int:
         return 1 << (32 - self.subnet_len)
 

@@ -7,7 +7,7 @@ removing another host never moves it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 from typing import Iterable, Optional
 
@@ -38,6 +38,10 @@ class Plan:
 
     def host(self, name: str) -> HostSpec:
         return next(h for h in self.hosts if h.name == name)
+
+    def keyed(self, keys: dict) -> tuple:
+        """The leases with each host's public key from `keys` ({host: base64}): the table every host gets."""
+        return tuple(replace(lease, public_key=keys.get(lease.host)) for lease in self.leases)
 
 
 def make_plan(
