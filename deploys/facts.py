@@ -78,6 +78,30 @@ def public_link(links: dict, iface: Optional[str], public_ip: str) -> tuple:
     return name, links["mtu"][name]
 
 
+class FileStates(FactBase):
+    """{path: {"mode": 644, "sha256": "..."}} of those of `paths` that are files: every file of a deploy in one command."""
+
+    def command(self, paths) -> str:
+        quoted = " ".join(quote(p) for p in paths)
+        return f'for f in {quoted}; do [ -f "$f" ] && echo "$(stat -L -c %a "$f") $(sha256sum < "$f") $f"; done; true'
+
+    def default(self) -> dict:
+        return {}  # no output: none of the paths is a file
+
+    def process(self, output) -> dict:
+        return parse_file_states(output)
+
+
+def parse_file_states(lines) -> dict:
+    """Lines of `MODE SHA256 - PATH` (sha256sum of stdin names its file "-")."""
+    states = {}
+    for line in lines:
+        words = line.split(None, 3)
+        if len(words) == 4 and words[0].isdigit() and words[2] == "-":
+            states[words[3]] = {"mode": int(words[0]), "sha256": words[1]}
+    return states
+
+
 class DirectoryEntries(FactBase):
     """{path: [entry, ...]} for those of `paths` that are directories."""
 

@@ -7,25 +7,32 @@ changed, and tells the truth about that under `--dry` too.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import posixpath
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, StringCommand, operation
-from pyinfra.api.util import get_file_sha1
-from pyinfra.facts.files import File, Sha1File
 from pyinfra.operations import systemd
 
-from flannelette.deploy.facts import DirectoryEntries, removable_directories
+from flannelette.deploy.facts import DirectoryEntries, FileStates, removable_directories
+
+
+UNREAD = object()  # put_atomic's `remote` when the caller has not read the host's file
 
 
 @operation()
-def put_atomic(src, dest: str, mode: str = "644"):
+def put_atomic(src, dest: str, mode: str = "644", remote=UNREAD):
     """Upload `src` (a path or a file-like object) to `dest` unless it already matches.
 
     The new content goes to a temporary file beside `dest` and is renamed over it.
+    `remote` is what the host holds at `dest` ({"mode", "sha256"} from a
+    FileStates fact read once for all of a host's files, None: nothing); read
+    here when not given.
     """
-    remote = host.get_fact(File, path=dest)
-    same_content = bool(remote) and host.get_fact(Sha1File, path=dest) == get_file_sha1(src)
+    if remote is UNREAD:
+        remote = host.get_fact(FileStates, paths=[dest]).get(dest)
+    same_content = remote is not None and remote["sha256"] == local_sha256(src)
     if same_content and remote["mode"] == int(mode):
         host.noop(f"{dest} is up to date")
         return
@@ -36,6 +43,30 @@ def put_atomic(src, dest: str, mode: str = "644"):
         yield StringCommand("chmod", mode, tmp, "&&", "mv", "-f", tmp, dest)
     else:
         yield StringCommand("chmod", mode, dest)
+
+
+@operation()
+def absent(path: str, present: bool):
+    """Remove the file `path`, which `present` says (from a FileStates fact) is there."""
+    if present:
+        yield StringCommand("rm", "-f", path)
+    else:
+        host.noop(f"{path} does not exist")
+
+
+def local_sha256(src) -> str:
+    """The SHA-256 of `src`, a path (hashed once per run: the zipapp goes to every host) or a file-like object."""
+    if hasattr(src, "read"):
+        data = src.read()
+        src.seek(0)
+        return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+    return _file_sha256(str(src))
+
+
+@functools.lru_cache(maxsize=None)
+def _file_sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def changed(*ops):

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import replace
 from io import StringIO
 from pathlib import Path
 from typing import Optional
 
+import gevent
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import PyinfraError
+from pyinfra.context import ctx_host, ctx_state
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import files, server, systemd
 
@@ -27,7 +28,7 @@ from flannelette.deploy.render import (
 )
 from flannelette.controller import inventory as flannel_inventory
 from flannelette.host.kernel.netlink import IP_FORWARD
-from flannelette.model.config import ENCRYPTION_OFF, WIRE_FLANNEL, ConfigError, decode_key
+from flannelette.model.config import WIRE_FLANNEL, ConfigError, decode_key
 from flannelette.model.plan import Plan
 
 # Written before the runtime first turns IPv4 forwarding on, so that a
@@ -139,8 +140,7 @@ def overlay_mtu(plan: Plan) -> int:
 
 
 def encrypted(plan: Plan) -> bool:
-    conf = plan.net_conf
-    return conf.encryption != ENCRYPTION_OFF and conf.wire != WIRE_FLANNEL
+    return plan.net_conf.encrypted
 
 
 _keys: dict = {}
@@ -148,27 +148,40 @@ _keys: dict = {}
 
 def keyed_leases(plan: Plan) -> tuple:
     """The plan's leases with every flannelette host's public key, read from the hosts (each made there on the
-    first deploy); a DeployError naming the hosts that can't encrypt, before any host is changed."""
+    first deploy); a DeployError naming the hosts that can't encrypt, before any host is changed.
+
+    Every host's deploy needs every key: the first to ask reads them all, one
+    host at a time in parallel, and the others wait for that one reading.
+    """
     if not encrypted(plan):
         return plan.leases
-    key = id(plan)
-    if key not in _keys:
-        found, problems = {}, []
-        for lease in plan.leases:
-            if lease.wire == WIRE_FLANNEL:
-                continue
-            other = host.inventory.get_host(lease.host)
-            public = other.get_fact(facts.PublicKey, path=PRIVATE_KEY)
-            if public is None or decode_key(public) is None:
-                problems.append(f"{lease.host}: can't make or read its WireGuard key ({public or 'no answer'}); "
-                                "set Backend.Encryption to off to run unencrypted")
-            else:
-                found[lease.host] = public
-        _keys[key] = problems or found
-    keys = _keys[key]
+    if id(plan) not in _keys:  # no greenlet switch between the test and the store: one reading per run
+        _keys[id(plan)] = gevent.spawn(read_public_keys, host.state, host.inventory, plan)
+    keys = _keys[id(plan)].get()
     if isinstance(keys, list):
         raise DeployError("no host was changed:\n" + "\n".join(keys))
-    return tuple(replace(lease, public_key=keys.get(lease.host)) for lease in plan.leases)
+    return plan.keyed(keys)
+
+
+def read_public_keys(state, inventory, plan: Plan):
+    """{host: public key} of the plan's flannelette hosts, or the problems of those that can't encrypt."""
+    names = [lease.host for lease in plan.leases if lease.wire != WIRE_FLANNEL]
+    readings = [gevent.spawn(_public_key, state, inventory.get_host(name)) for name in names]
+    gevent.joinall(readings)
+    found, problems = {}, []
+    for name, reading in zip(names, readings):
+        public = reading.value
+        if public is None or decode_key(public) is None:
+            problems.append(f"{name}: can't make or read its WireGuard key ({public or 'no answer'}); "
+                            "set Backend.Encryption to off to run unencrypted")
+        else:
+            found[name] = public
+    return problems or found
+
+
+def _public_key(state, other) -> Optional[str]:
+    with ctx_state.use(state), ctx_host.use(other):
+        return other.get_fact(facts.PublicKey, path=PRIVATE_KEY)
 
 
 def network_psk() -> Optional[str]:
@@ -193,12 +206,13 @@ def install(inventory_file: Optional[str] = None, runtime: Optional[Path] = None
     plan = load_plan(path=inventory_file)
     python = require_python3()
     mtu = overlay_mtu(plan)
-    runtime_op = install_runtime(runtime or bundle.build_once())
-    net_conf, leases = write_config(plan)
-    psk = write_psk(plan)
-    unit = write_unit(plan, python, psk is not None)
-    write_host_files(plan, mtu)
-    remember_ip_forward()
+    on_host = host.get_fact(facts.FileStates, paths=WRITTEN_FILES)  # once: each file below is compared by hash
+    runtime_op = install_runtime(runtime or bundle.build_once(), on_host)
+    net_conf, leases = write_config(plan, on_host)
+    psk = write_psk(plan, on_host)
+    unit = write_unit(plan, python, on_host, psk is not None)
+    write_host_files(plan, mtu, on_host)
+    remember_ip_forward(on_host)
     ops.unit_follows(
         name="Restart flannelette if the runtime, net-conf or unit changed, else reload it if leases changed",
         service=UNIT_NAME,
@@ -214,55 +228,55 @@ def install(inventory_file: Optional[str] = None, runtime: Optional[Path] = None
     )
 
 
-def install_runtime(pyz: Path):
-    op = ops.put_atomic(name="Install the flannelette runtime (zipapp)", src=str(pyz), dest=PYZ, mode="755")
+# Every file install() writes, read from the host in one command before the first operation.
+WRITTEN_FILES = (PYZ, NET_CONF, LEASES, PSK, UNIT, SYSCTL, CONFLIST, IP_FORWARD_BEFORE)
+
+
+def put(name: str, src, dest: str, on_host: dict, mode: str = "644"):
+    """ops.put_atomic of `src` to `dest`, against what FileStates found there."""
+    return ops.put_atomic(name=name, src=src, dest=dest, mode=mode, remote=on_host.get(dest))
+
+
+def install_runtime(pyz: Path, on_host: dict):
+    op = put("Install the flannelette runtime (zipapp)", str(pyz), PYZ, on_host, mode="755")
     files.link(name=f"Link {COMMAND} to the runtime", path=COMMAND, target=PYZ)
     return op
 
 
-def write_config(plan: Plan) -> tuple:
-    net_conf = ops.put_atomic(
-        name=f"Write {NET_CONF}", src=StringIO(render.render_net_conf(plan.net_conf)), dest=NET_CONF
-    )
-    leases = ops.put_atomic(
-        name=f"Write {LEASES} (the same on every host)",
-        src=StringIO(render.render_lease_table(keyed_leases(plan))),
-        dest=LEASES,
-    )
+def write_config(plan: Plan, on_host: dict) -> tuple:
+    net_conf = put(f"Write {NET_CONF}", StringIO(render.render_net_conf(plan.net_conf)), NET_CONF, on_host)
+    leases = put(f"Write {LEASES} (the same on every host)", StringIO(render.render_lease_table(keyed_leases(plan))),
+                 LEASES, on_host)
     return net_conf, leases
 
 
-def write_psk(plan: Plan):
+def write_psk(plan: Plan, on_host: dict):
     psk = network_psk() if encrypted(plan) else None
     if psk is None:
-        files.file(name=f"No preshared key ({PSK_VARIABLE} unset)", path=PSK, present=False)
+        ops.absent(name=f"No preshared key ({PSK_VARIABLE} unset)", path=PSK, present=PSK in on_host)
         return None
-    return ops.put_atomic(name=f"Write the network's preshared key {PSK} (0600)", src=StringIO(psk + "\n"), dest=PSK,
-                          mode="600")
+    return put(f"Write the network's preshared key {PSK} (0600)", StringIO(psk + "\n"), PSK, on_host, mode="600")
 
 
-def write_unit(plan: Plan, python: str, psk: bool = False):
+def write_unit(plan: Plan, python: str, on_host: dict, psk: bool = False):
     spec = plan.host(host.name)
     key = PRIVATE_KEY if encrypted(plan) else None
     text = render.render_unit(python, spec.public_ip, spec.iface, spec.ip_masq, key, PSK if psk else None)
-    return ops.put_atomic(name=f"Write {UNIT}", src=StringIO(text), dest=UNIT)
+    return put(f"Write {UNIT}", StringIO(text), UNIT, on_host)
 
 
-def write_host_files(plan: Plan, mtu: int) -> None:
-    ops.put_atomic(name=f"Persist IPv4 forwarding in {SYSCTL}", src=StringIO(render.render_sysctl()), dest=SYSCTL)
+def write_host_files(plan: Plan, mtu: int, on_host: dict) -> None:
+    put(f"Persist IPv4 forwarding in {SYSCTL}", StringIO(render.render_sysctl()), SYSCTL, on_host)
     conflist = render.render_conflist(plan.lease_for(host.name), mtu)
-    ops.put_atomic(name=f"Write the CNI network {CONFLIST} (MTU {mtu})", src=StringIO(conflist), dest=CONFLIST)
+    put(f"Write the CNI network {CONFLIST} (MTU {mtu})", StringIO(conflist), CONFLIST, on_host)
 
 
-def remember_ip_forward() -> None:
+def remember_ip_forward(on_host: dict) -> None:
     """Record the host's IPv4 forwarding setting once, before the runtime first sets it."""
-    if host.get_fact(FileContents, path=IP_FORWARD_BEFORE) is None:
+    if IP_FORWARD_BEFORE not in on_host:
         found = (host.get_fact(FileContents, path=IP_FORWARD) or ["0"])[0].strip()
-        ops.put_atomic(
-            name=f"Remember IPv4 forwarding as found ({found}), for teardown",
-            src=StringIO(found + "\n"),
-            dest=IP_FORWARD_BEFORE,
-        )
+        put(f"Remember IPv4 forwarding as found ({found}), for teardown", StringIO(found + "\n"), IP_FORWARD_BEFORE,
+            on_host)
 
 
 # -- teardown ----------------------------------------------------------------------

@@ -60,3 +60,18 @@ def test_directories_emptied_from_the_deepest_up():
     assert entries == {"/etc/cni/net.d": [], "/etc/cni": ["net.d"], "/var/lib/cni": ["networks", "results"]}
     paths = ["/etc/cni/net.d", "/etc/cni", "/var/lib/cni/networks", "/var/lib/cni"]
     assert facts.removable_directories(entries, paths) == ["/etc/cni/net.d", "/etc/cni"]
+
+
+def test_file_states_give_mode_and_hash_of_each_file():
+    lines = ["755 3b1f8c2e0a9d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b  - /usr/local/lib/flannelette/flannelette.pyz",
+             "644 e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855  - /etc/flannelette/leases.json",
+             "stat: cannot statx '/x': No such file or directory"]
+    states = facts.parse_file_states(lines)
+    assert states == {
+        "/usr/local/lib/flannelette/flannelette.pyz":
+            {"mode": 755, "sha256": "3b1f8c2e0a9d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b"},
+        "/etc/flannelette/leases.json":
+            {"mode": 644, "sha256": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"},
+    }
+    command = facts.FileStates().command(["/etc/flannelette/leases.json", "/etc/my file"])
+    assert "sha256sum" in command and "/etc/flannelette/leases.json '/etc/my file';" in command
