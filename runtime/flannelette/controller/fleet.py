@@ -99,9 +99,11 @@ def judge(row: Row, expected: Optional[str], recent: float) -> Row:
         row.problems.append(f"runs another lease table ({loaded}, the plan's is {expected})")
     if "error" in reply["leases_file"]:
         row.problems.append(f"leases.json: {reply['leases_file']['error']}")
+    elif on_disk == loaded:
+        pass  # the table loaded is the file's: said above
     elif expected is not None and on_disk != expected:
         row.problems.append(f"leases.json on disk is another table ({on_disk}, the plan's is {expected})")
-    elif loaded is not None and on_disk != loaded:
+    elif loaded is not None:
         row.notes.append("leases.json on disk is not the table loaded: reload it")
     silent = [name for name, peer in row.peers().items() if not heard(peer, recent)]
     if silent:
