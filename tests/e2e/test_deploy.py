@@ -169,6 +169,60 @@ def detected_changes(output: str) -> list:
     return [(row[0], row[1].split()[0]) for row in cells if len(row) >= 2]
 
 
+def fleet_status(fleet, *options: str) -> subprocess.CompletedProcess:
+    """`flannelette status INVENTORY` on this machine, as an operator runs it."""
+    argv = [sys.executable, "-m", "flannelette", "status", str(fleet.inventory), *options]
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result.output = result.stdout + result.stderr
+    return result
+
+
+def lab_ssh(fleet, host: str, command: str, stdin: str) -> subprocess.CompletedProcess:
+    """`python -m lab ssh HOST -- COMMAND` with `stdin` as its standard input, a heredoc's way."""
+    argv = [sys.executable, "-m", "lab", "--name", LAB_NAME, "--network", LAB_NETWORK, "ssh", host, "--", command]
+    return subprocess.run(argv, cwd=ROOT, input=stdin, capture_output=True, text=True, timeout=60)
+
+
+def test_the_fleets_status_shows_every_host_ready_then_names_a_stopped_unit_and_another_table(fleet):
+    started = time.monotonic()
+    result = fleet_status(fleet)
+    TIMINGS["flannelette status INVENTORY, 3 hosts"] = time.monotonic() - started
+    assert result.returncode == 0, result.output
+    lines = result.stdout.splitlines()
+    plan_hash = lines[0].split()[-1]
+    for host in fleet.hosts():
+        row = next(line.split() for line in lines if line.startswith(host + " "))
+        assert row[1:6] == ["active", "yes", plan_hash, "plan", f"{len(fleet.hosts()) - 1}/{len(fleet.hosts()) - 1}"], row
+    document = json.loads(fleet_status(fleet, "--json").stdout)
+    assert document["ok"] and all(host["ok"] for host in document["hosts"])
+    assert {cell for cells in document["hears"].values() for cell in cells.values()} == {"-", "sealed"}
+
+    stopped, edited = "node2", "node3"
+    original = fleet.run(edited, "cat /etc/flannelette/leases.json") + "\n"
+    table = json.loads(original)
+    table["leases"] = [lease for lease in table["leases"] if lease["host"] != "node1"]
+    try:
+        fleet.run(stopped, "systemctl stop flannelette")
+        written = lab_ssh(fleet, edited, "cat > /etc/flannelette/leases.json && systemctl reload flannelette",
+                          json.dumps(table, indent=2) + "\n")
+        assert written.returncode == 0, written.stderr
+        assert json.loads(fleet.run(edited, "cat /etc/flannelette/leases.json")) == table
+        fleet.run(edited, "for i in $(seq 30); do flannelette status | grep -q 'leases      2 ' && break; sleep 1; done")
+        result = fleet_status(fleet, "--json")
+        assert result.returncode == 1, result.output
+        hosts = {host["host"]: host for host in json.loads(result.stdout)["hosts"]}
+        assert hosts["node1"]["ok"], hosts["node1"]
+        assert hosts[stopped]["problems"][0] == "unit inactive", hosts[stopped]
+        assert any(p.startswith("runs another lease table") for p in hosts[edited]["problems"]), hosts[edited]
+        text = fleet_status(fleet)
+        assert text.returncode == 1 and "unit inactive" in text.stdout and " OTHER " in text.stdout, text.output
+    finally:
+        lab_ssh(fleet, edited, "cat > /etc/flannelette/leases.json && systemctl reload flannelette", original)
+        fleet.lab.run(stopped, "systemctl start flannelette")
+    fleet.run(edited, "for i in $(seq 30); do flannelette status | grep -q 'leases      3 ' && break; sleep 1; done")
+    assert fleet_status(fleet).returncode == 0
+
+
 def test_a_new_host_joins_while_the_others_reload_and_a_stream_survives(fleet):
     server, client = "node2", "node1"
     pids = {host: fleet.main_pid(host) for host in fleet.hosts()}
