@@ -147,6 +147,8 @@ def test_ssh_arguments_follow_the_inventorys_data():
     assert (kwargs["hostname"], kwargs["username"], kwargs["port"], kwargs["key_filename"]) == ("10.0.0.1", "admin", 2222, "/k")
     assert kwargs["_pyinfra_ssh_known_hosts_file"] == "/dev/null" and kwargs["look_for_keys"] is False
     assert remote.connect_kwargs("node1.example", {}, 5)["hostname"] == "node1.example"
+    assert remote.as_deployed("flannelette status --json", {"_sudo": True}) == "sudo -n flannelette status --json"
+    assert remote.as_deployed("flannelette status --json", {}) == "flannelette status --json"
 
 
 def test_status_with_an_inventory_is_the_fleets():

@@ -48,6 +48,11 @@ def connect_kwargs(name: str, data: dict, timeout: float) -> dict:
     return kwargs
 
 
+def as_deployed(command: str, data: dict) -> str:
+    """`command` as the deploy runs commands on the host: under `sudo -n` when its data sets _sudo."""
+    return f"sudo -n {command}" if data.get("_sudo") else command
+
+
 def run_on(name: str, data: dict, command: str, timeout: float = TIMEOUT) -> Result:
     """`command` on one host; its output, or why it didn't run."""
     from paramiko.ssh_exception import SSHException
@@ -58,7 +63,7 @@ def run_on(name: str, data: dict, command: str, timeout: float = TIMEOUT) -> Res
     hostname = kwargs.pop("hostname")
     try:
         client.connect(hostname, **kwargs)
-        _, stdout, stderr = client.exec_command(command, timeout=timeout)
+        _, stdout, stderr = client.exec_command(as_deployed(command, data), timeout=timeout)
         out, err = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
         return Result(name, stdout.channel.recv_exit_status(), out, err)
     except socket.timeout:
