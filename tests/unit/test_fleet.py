@@ -127,6 +127,12 @@ def test_an_encrypted_plan_hashes_the_keys_the_hosts_hold():
     assert view["plan"]["lease_hash"] is None
     assert "the public key of node3 is unknown" in fleet.render_table(view).splitlines()[0]
     assert [row.problems for row in view["rows"]][:2] == [[], []]
+    # Without the plan's hash, hosts are held to the table most of them run.
+    view = fleet.fleet_view(plan, [answered(host, reply(host, table, key=keys[host])) for host in HOSTS[:2]]
+                            + [answered("node3", reply("node3", "0123456789abcdef"))])
+    assert view["plan"]["compared_with"] == table
+    assert view["rows"][2].problems == [f"runs another lease table (0123456789abcdef, most hosts' is {table})"]
+    assert f"{table} most" in fleet.render_table(view)
 
 
 def test_hosts_are_asked_at_once_and_a_failing_one_is_a_result():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -50,6 +51,11 @@ class Row:
     problems: List[str] = field(default_factory=list)  # what makes the exit code 1
     notes: List[str] = field(default_factory=list)  # what the operator should see but doesn't fail the fleet
 
+    @property
+    def loaded(self) -> Optional[str]:
+        """The hash of the lease table the host's runtime runs."""
+        return ((self.reply or {}).get("leases") or {}).get("hash")
+
     def peers(self) -> Dict[str, dict]:
         return {peer["peer"]: peer for peer in (self.reply or {}).get("peers", [])}
 
@@ -81,7 +87,18 @@ def plan_hash(plan: Plan, rows: List[Row]) -> tuple:
     return metrics.lease_hash(plan.keyed(keys)), ""
 
 
-def judge(row: Row, expected: Optional[str], recent: float) -> Row:
+def reference_table(plan: Plan, rows: List[Row]) -> dict:
+    """The table hosts are held to: the plan's, or where its hash can't be known, the one most hosts run."""
+    expected, unknown = plan_hash(plan, rows)
+    reference = {"lease_hash": expected, "lease_hash_unknown": unknown, "compared_with": expected, "whose": "the plan's"}
+    if expected is None:
+        counts = Counter(row.loaded for row in rows if row.loaded).most_common(2)
+        majority = counts[0][0] if counts and (len(counts) == 1 or counts[0][1] > counts[1][1]) else None
+        reference.update(compared_with=majority, whose="most hosts'")
+    return reference
+
+
+def judge(row: Row, reference: dict, recent: float) -> Row:
     """Fill in the row's problems and notes."""
     reply = row.reply
     if reply is None:
@@ -93,16 +110,16 @@ def judge(row: Row, expected: Optional[str], recent: float) -> Row:
         row.problems.append(reply.get("error", "the runtime does not answer"))
     elif not reply["ready"]:
         row.problems.append("not ready")
-    loaded = (reply.get("leases") or {}).get("hash")
-    on_disk = reply["leases_file"].get("hash")
+    loaded, on_disk = row.loaded, reply["leases_file"].get("hash")
+    expected, whose = reference["compared_with"], reference["whose"]
     if expected is not None and loaded is not None and loaded != expected:
-        row.problems.append(f"runs another lease table ({loaded}, the plan's is {expected})")
+        row.problems.append(f"runs another lease table ({loaded}, {whose} is {expected})")
     if "error" in reply["leases_file"]:
         row.problems.append(f"leases.json: {reply['leases_file']['error']}")
     elif on_disk == loaded:
         pass  # the table loaded is the file's: said above
     elif expected is not None and on_disk != expected:
-        row.problems.append(f"leases.json on disk is another table ({on_disk}, the plan's is {expected})")
+        row.problems.append(f"leases.json on disk is another table ({on_disk}, {whose} is {expected})")
     elif loaded is not None:
         row.notes.append("leases.json on disk is not the table loaded: reload it")
     silent = [name for name, peer in row.peers().items() if not heard(peer, recent)]
@@ -121,9 +138,9 @@ def heard(peer: dict, recent: float) -> bool:
 def fleet_view(plan: Plan, results: List[remote.Result], recent: float = RECENT) -> dict:
     """Everything the table, the matrix and --json show, from the plan and each host's result."""
     rows = [read_reply(result) for result in results]
-    expected, unknown = plan_hash(plan, rows)
-    rows = [judge(row, expected, recent) for row in rows]
-    return {"plan": {"hosts": len(plan.leases), "lease_hash": expected, "lease_hash_unknown": unknown},
+    reference = reference_table(plan, rows)
+    rows = [judge(row, reference, recent) for row in rows]
+    return {"plan": {"hosts": len(plan.leases), **reference},
             "rows": rows, "recent": recent, "hosts": [lease.host for lease in plan.leases]}
 
 
@@ -133,21 +150,24 @@ def exit_code(view: dict) -> int:
 
 def render_table(view: dict) -> str:
     plan = view["plan"]
-    head = (f"plan: {plan['hosts']} hosts, lease table {plan['lease_hash']}" if plan["lease_hash"]
-            else f"plan: {plan['hosts']} hosts, lease table unknown: {plan['lease_hash_unknown']}")
+    head = f"plan: {plan['hosts']} hosts, lease table {plan['lease_hash']}"
+    if plan["lease_hash"] is None:
+        head = f"plan: {plan['hosts']} hosts, lease table unknown: {plan['lease_hash_unknown']}"
+        head += f"; hosts compared with the table most run, {plan['compared_with']}" if plan["compared_with"] else ""
     table = [("HOST", "UNIT", "READY", "LEASE TABLE", "HEARD", "FORMATS", "DROPS", "PROBLEMS")]
     for row in view["rows"]:
-        table.append(_cells(row, plan["lease_hash"], view["recent"]))
+        table.append(_cells(row, plan, view["recent"]))
     return "\n".join([head, ""] + columns(table))
 
 
-def _cells(row: Row, expected: Optional[str], recent: float) -> tuple:
+def _cells(row: Row, plan: dict, recent: float) -> tuple:
     reply = row.reply
     says = "; ".join(row.problems + row.notes) or "-"
     if reply is None:
         return (row.host, "?", "?", "?", "?", "?", "?", says)
-    loaded = (reply.get("leases") or {}).get("hash")
-    table = "-" if loaded is None else loaded + ("" if expected is None else " plan" if loaded == expected else " OTHER")
+    expected, loaded = plan["compared_with"], row.loaded
+    same = " plan" if plan["lease_hash"] else " most"
+    table = "-" if loaded is None else loaded + ("" if expected is None else same if loaded == expected else " OTHER")
     peers = row.peers().values()
     formats: Dict[str, int] = {}
     for peer in peers:
