@@ -241,6 +241,12 @@ def decrement_ttls(view, start: int, checks, count: int, stride: int) -> None:
                 CHECKSUM.pack_into(view, start + i * stride + 10, check_after_ttl(check))
 
 
+@lru_cache(maxsize=64)
+def gapped(count: int, gap: int, length: int) -> struct.Struct:
+    """`count` slots of `gap` bytes to skip, then `length` bytes to take."""
+    return struct.Struct(f"{gap}x{length}s" * count)
+
+
 def payloads(view, start: int, count: int, stride: int, headers: int, size: int = 0) -> list:
     """Views of the bytes after its `headers` of each of `count` packets of `size` bytes (default: `stride`), `stride` apart.
 

@@ -137,8 +137,12 @@ class Outbound:
         at = trains.HEADER_LEN
         if peer.format == formats.SEALED:
             pieces = [head]
-            if scattered:
-                pieces += [slots[i * room + at:i * room + at + min(chunk, n - i * chunk)] for i in range(1, -(-n // chunk))]
+            if scattered:  # the slots' chunks without the room left for train headers, joined in C
+                last = -(-n // chunk) - 1
+                if last > 1:
+                    pieces.append(b"".join(batch.gapped(last - 1, at, chunk).unpack_from(slots, room)))
+                if last:
+                    pieces.append(slots[last * room + at:last * room + at + n - last * chunk])
             self._seal_records(pieces, n, 1, peer)
             return
         if peer.format == formats.FAST and head[1] & 0x7F == GSO_TCPV4:
