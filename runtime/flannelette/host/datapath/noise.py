@@ -11,6 +11,7 @@ sessions, their timers and the counters are flannelette.host.datapath.sessions'.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import struct
@@ -56,15 +57,33 @@ class Identity:
 
 
 class Remote:
-    """A peer's static public key, the network's preshared key, and what a handshake with it derives from them once."""
+    """A peer's static public key, the network's preshared key, and what a handshake with it derives from them.
+
+    Derived on the first handshake with the peer, not when its lease is read:
+    a table of 10,000 keys would otherwise cost 10,000 Diffie-Hellmans at start.
+    """
 
     def __init__(self, identity: Identity, public: bytes, psk: Optional[bytes] = None):
+        self.identity = identity
         self.public = bytes(public)
         self.psk = bytes(psk) if psk else ZERO_PSK
-        self.mac1_key = hash(LABEL_MAC1 + self.public)
-        self.cookie_key = hash(LABEL_COOKIE + self.public)
-        self.hash0 = hash(INITIAL_HASH + self.public)
-        self.static_shared = crypto.shared(identity.private, self.public)  # None: a key no handshake can use
+
+    @functools.cached_property
+    def mac1_key(self) -> bytes:
+        return hash(LABEL_MAC1 + self.public)
+
+    @functools.cached_property
+    def cookie_key(self) -> bytes:
+        return hash(LABEL_COOKIE + self.public)
+
+    @functools.cached_property
+    def hash0(self) -> bytes:
+        return hash(INITIAL_HASH + self.public)
+
+    @functools.cached_property
+    def static_shared(self) -> Optional[bytes]:
+        """None: a key no handshake can use."""
+        return crypto.shared(self.identity.private, self.public)
 
 
 class Initiated(NamedTuple):

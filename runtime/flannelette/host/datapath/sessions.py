@@ -107,7 +107,15 @@ WINDOW_MASK = (1 << WINDOW) - 1
 
 
 class Tunnel:
-    """The WireGuard state with one peer (the data path's flannelette.host.datapath.leases.Peer)."""
+    """The WireGuard state with one peer (the data path's flannelette.host.datapath.leases.Peer).
+
+    Slotted: a table of 10,000 peers with keys holds 10,000 of them, most never used.
+    """
+
+    __slots__ = ("remote", "peer", "current", "previous", "next", "initiated", "attempts_since", "retry_at",
+                 "last_timestamp", "last_initiation", "cookie", "cookie_at", "mac1_sent", "staged", "owe_keepalive",
+                 "awaiting_reply", "last_minute", "handshake_at", "handshake_wall", "session_at", "ever",
+                 "initiated_total", "answered_total", "auth_failed", "replayed")
 
     def __init__(self, remote: noise.Remote, peer):
         self.remote, self.peer = remote, peer
