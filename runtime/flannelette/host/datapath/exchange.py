@@ -40,6 +40,9 @@ HELLOS, INTERVAL = 3, 1.0  # hellos in a round, and the seconds between them
 REFRESH = 25.0  # seconds between hellos to a confirmed peer (plus up to JITTER)
 JITTER = 5.0
 REPROBE_AFTER = 10.0  # a peer gone silent that shows signs of life is asked again at most this often
+# Hellos handed to the data path at a time: a table of 10,000 new peers would otherwise be asked in one
+# stretch of sends, and packets would wait behind it; the loop serves its queues between batches.
+BATCH = 256
 
 # What the exchange knows of a peer.
 FLANNEL = "flannel"  # its lease marks a flanneld host, or the network is on flannel's format: never asked
@@ -128,10 +131,10 @@ class Exchanges:
             heapq.heappop(self.heap)
         return self.heap[0][0] if self.heap else None
 
-    def due(self, now: float) -> List[Tuple[object, bytes]]:
-        """The hellos to send now, as (peer, datagram); moves every timer that ran out."""
+    def due(self, now: float, limit: int = BATCH) -> List[Tuple[object, bytes]]:
+        """Up to `limit` hellos to send now, as (peer, datagram); the timers behind them stay due."""
         out = []
-        while self.heap and self.heap[0][0] <= now:
+        while self.heap and self.heap[0][0] <= now and len(out) < limit:
             entry = heapq.heappop(self.heap)
             if self._live(entry):
                 message = self._expire(entry[2], now)
