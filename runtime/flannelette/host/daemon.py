@@ -110,8 +110,13 @@ class Runtime:
         self.undo: List[Tuple[str, Callable[[], None]]] = []
 
     @property
-    def lease_hash(self) -> str:
-        return metrics.lease_hash(self.leases)
+    def leases(self) -> List[config.Lease]:
+        return self._leases
+
+    @leases.setter
+    def leases(self, leases: List[config.Lease]) -> None:
+        # Hashed once per table: rendering 60,000 leases for every status line and scrape would cost seconds.
+        self._leases, self.lease_hash = leases, metrics.lease_hash(leases)
 
     @property
     def lease_count(self) -> int:

@@ -72,7 +72,10 @@ def render(state) -> str:
 
 
 def _peers(out: Exposition, path) -> None:
-    peers = path.table.peers() if path else []
+    # Only peers something was carried to or heard from: a table of 10,000 leases would otherwise make every
+    # scrape tens of thousands of series, most of them zeros.
+    peers = [peer for peer in path.table.peers() if peer.heard is not None or any(peer.counts.as_tuple())] \
+        if path else []
     now_mono, now_wall = time.monotonic(), time.time()
     named = [(peer, dict(peer=peer.host, subnet=str(peer.subnet), public_ip=str(peer.public_ip))) for peer in peers]
     for name, tx, rx, what in (("packets_total", "tx_packets", "rx_packets", "packets"),
