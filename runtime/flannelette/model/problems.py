@@ -61,7 +61,7 @@ def schema_problems(data: dict, schema_name: str, where: str, prefix: str = "") 
 
 # The rules plainly_valid judges; a schema using any other leaves every document to cerberus.
 _PLAIN_RULES = {"type", "required", "empty", "allowed", "schema"}
-_PLAIN_TYPES = {"string": str, "dict": dict, "list": list, "boolean": bool}
+_PLAIN_TYPES = {"string": str, "integer": int, "dict": dict, "list": list, "boolean": bool}
 
 
 def plainly_valid(document: dict, schema: dict) -> bool:
