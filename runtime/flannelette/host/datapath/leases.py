@@ -62,7 +62,9 @@ class Peer:
 
     @property
     def identity(self) -> tuple:
-        return (self.host, self.subnet, self.public_ip, self.address[1], self.marked_flannel, self.public_key)
+        # Ints, not ipaddress objects, whose hashing in Python took most of a 10,000-peer reload.
+        return (self.host, self.key, self.subnet.prefixlen, self.ip, self.address[1], self.marked_flannel,
+                self.public_key)
 
 
 class LeaseTable:
@@ -94,7 +96,7 @@ class LeaseTable:
         return {peer.identity: peer for peer in self.by_subnet.values()}
 
     def peers(self) -> list:
-        return sorted(self.by_subnet.values(), key=lambda peer: peer.subnet)
+        return sorted(self.by_subnet.values(), key=lambda peer: peer.key)  # by subnet: they share a length
 
     def peer_for(self, address: int) -> Optional[Peer]:
         return self.by_subnet.get(address >> self.shift)
