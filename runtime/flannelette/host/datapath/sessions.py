@@ -187,6 +187,8 @@ class Sessions:
             self.pending.pop(tunnel.initiated.sender, None)
         tunnel.current = tunnel.previous = tunnel.next = tunnel.initiated = None
         tunnel.staged.clear()
+        if tunnel.peer is not None and tunnel.peer.tunnel is tunnel:
+            tunnel.peer.tunnel = None  # no cycle left for a collector that may never look (gc.freeze)
         self.active.discard(tunnel)
 
     def _new_index(self) -> int:
