@@ -1,0 +1,151 @@
+"""Leases at scale: how long the runtime takes to be ready and to apply a reload with a large lease table, its memory,
+and the longest gap in forwarding while it reloads.
+
+Two namespace hosts (tests/netns/netns_hosts) run flannelette with the two of
+them plus generated leases (bench.leasegen: 10.0.0.0/8 cut into /24s). For
+each size: the time from starting the runtime to its READY=1, from SIGHUP to
+READY=1 again (the table with one lease added), the runtime's RSS after each,
+and, while both hosts reload, a train of UDP datagrams (one a millisecond)
+from one host's cni0 address to the other's: the longest time between two
+arrivals, next to the longest in the second before the reloads. The
+generated peers' addresses have no route in the namespaces, so their hellos
+fail at once instead of going out. Needs root and /dev/net/tun.
+
+    sudo .venv/bin/python -m bench scale [--sizes 1000,10000,60000] [--keys]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional
+
+from bench import leasegen
+from bench.run import cpu_model
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "netns"))
+from netns_hosts import Cluster  # noqa: E402  (the netns tier's hosts)
+
+TRAIN_PORT = 5299
+TRAIN_INTERVAL = 0.001
+RECEIVER = """
+import json, socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], int(sys.argv[2]))); s.settimeout(float(sys.argv[3]))
+print("listening", flush=True)
+stamps = []
+try:
+    while True:
+        s.recv(64); stamps.append(time.monotonic())
+except socket.timeout:
+    pass
+print(json.dumps(stamps))
+"""
+SENDER = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 0))
+end, interval, n = time.monotonic() + float(sys.argv[4]), float(sys.argv[5]), 0
+while time.monotonic() < end:
+    s.sendto(n.to_bytes(8, "big"), (sys.argv[2], int(sys.argv[3]))); n += 1
+    time.sleep(interval)
+"""
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def import_seconds() -> float:
+    """The runtime's own imports: `import flannelette.host.daemon`, less an empty interpreter's start."""
+    def timed(code: str) -> float:
+        best = float("inf")
+        for _ in range(3):
+            start = time.monotonic()
+            subprocess.run([sys.executable, "-c", code], check=True)
+            best = min(best, time.monotonic() - start)
+        return best
+    return timed("import flannelette.host.daemon") - timed("pass")
+
+
+def longest_gap(stamps: List[float], start: float, end: float) -> float:
+    inside = [t for t in stamps if start <= t <= end]
+    return max((b - a for a, b in zip(inside, inside[1:])), default=float("nan"))
+
+
+def measure(count: int, keys: bool, workdir: str) -> Dict[str, float]:
+    cluster = Cluster(f"fsc{os.getpid() % 1000}", workdir, underlay="veth")
+    try:
+        a, b = cluster.build(2, net_conf=leasegen.net_conf(), keys=keys)
+        real = [a.lease(), b.lease()]
+        leasegen.write(cluster.leases, leasegen.generate(count - 2, keys=keys, taken=real))
+        started = time.monotonic()
+        a.start()
+        figures = {"ready": time.monotonic() - started, "rss": rss_mb(a.proc.pid)}
+        b.start()
+        assert cluster.ping(a.ns, b.gateway), "no path between the two hosts"
+        leasegen.write(cluster.leases, leasegen.generate(count - 1, keys=keys, taken=real))  # one lease added
+        figures.update(_reload_under_a_train(cluster, a, b))
+        figures["rss_reloaded"] = rss_mb(a.proc.pid)
+        return figures
+    finally:
+        cluster.close()
+
+
+def _reload_under_a_train(cluster: Cluster, a, b) -> Dict[str, float]:
+    seconds = 4.0
+    receiver = cluster.spawn(b.ns, sys.executable, "-c", RECEIVER, b.gateway, str(TRAIN_PORT), "1.0")
+    receiver.stdout.readline()
+    cluster.spawn(a.ns, sys.executable, "-c", SENDER, a.gateway, b.gateway, str(TRAIN_PORT), str(seconds),
+                  str(TRAIN_INTERVAL))
+    time.sleep(1.0)
+    quiet = (time.monotonic() - 0.9, time.monotonic())
+    started = time.monotonic()
+    a.reload()
+    reload_a = time.monotonic() - started
+    b.reload()
+    reloads = (started, time.monotonic())
+    out, _ = receiver.communicate(timeout=seconds + 30)
+    stamps = json.loads(out.decode().splitlines()[-1])
+    return {"reload": reload_a, "gap_reload": longest_gap(stamps, *reloads), "gap_quiet": longest_gap(stamps, *quiet)}
+
+
+def render(results: Dict[int, Dict[str, float]], imports: float, keys: bool) -> str:
+    lines = [f"# {cpu_model()}", f"# the runtime's imports: {imports:.2f} s; leases {'with' if keys else 'without'} "
+             "public keys", "",
+             "| lease table | runtime ready after start | SIGHUP reload applied after | runtime RSS (after a reload) "
+             "| longest forwarding gap during reloads (in a quiet second) |",
+             "| --- | --- | --- | --- | --- |"]
+    for count, f in results.items():
+        lines.append(f"| {count:,} leases | {f['ready']:.2f} s | {f['reload']:.2f} s | {f['rss']:.0f} MB "
+                     f"({f['rss_reloaded']:.0f} MB) | {f['gap_reload'] * 1000:.0f} ms ({f['gap_quiet'] * 1000:.0f} ms) |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench scale", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000,10000,60000", help="lease table sizes, comma-separated")
+    parser.add_argument("--keys", action="store_true", help="every lease with a public key, both hosts with keys")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0 or not os.path.exists("/dev/net/tun"):
+        print("bench scale needs root and /dev/net/tun", file=sys.stderr)
+        return 2
+    imports = import_seconds()
+    results = {}
+    for count in (int(size) for size in args.sizes.split(",")):
+        with tempfile.TemporaryDirectory(prefix="flannelette-scale-") as workdir:
+            results[count] = measure(count, args.keys, workdir)
+    print(render(results, imports, args.keys))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"imports": imports, "sizes": results}, f, indent=2)
+    return 0
