@@ -29,7 +29,7 @@ from bench import leasegen
 from bench.run import cpu_model
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "netns"))
-from netns_hosts import Cluster  # noqa: E402  (the netns tier's hosts)
+from netns_hosts import Cluster, previous_release  # noqa: E402  (the netns tier's hosts)
 
 TRAIN_PORT = 5299
 TRAIN_INTERVAL = 0.001
@@ -80,16 +80,17 @@ def longest_gap(stamps: List[float], start: float, end: float) -> float:
     return max((b - a for a, b in zip(inside, inside[1:])), default=float("nan"))
 
 
-def measure(count: int, keys: bool, workdir: str) -> Dict[str, float]:
+def measure(count: int, keys: bool, workdir: str, commit: Optional[str] = None) -> Dict[str, float]:
     cluster = Cluster(f"fsc{os.getpid() % 1000}", workdir, underlay="veth")
+    release = previous_release(workdir, commit) if commit else None
     try:
         a, b = cluster.build(2, net_conf=leasegen.net_conf(), keys=keys)
         real = [a.lease(), b.lease()]
         leasegen.write(cluster.leases, leasegen.generate(count - 2, keys=keys, taken=real))
         started = time.monotonic()
-        a.start()
+        a.start(release=release)
         figures = {"ready": time.monotonic() - started, "rss": rss_mb(a.proc.pid)}
-        b.start()
+        b.start(release=release)
         assert cluster.ping(a.ns, b.gateway), "no path between the two hosts"
         leasegen.write(cluster.leases, leasegen.generate(count - 1, keys=keys, taken=real))  # one lease added
         figures.update(_reload_under_a_train(cluster, a, b))
@@ -134,16 +135,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,10000,60000", help="lease table sizes, comma-separated")
     parser.add_argument("--keys", action="store_true", help="every lease with a public key, both hosts with keys")
+    parser.add_argument("--commit", metavar="REV", help="measure the runtime as of this commit (e.g. main, for a "
+                        "before and after) instead of this tree's")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     if os.geteuid() != 0 or not os.path.exists("/dev/net/tun"):
         print("bench scale needs root and /dev/net/tun", file=sys.stderr)
         return 2
-    imports = import_seconds()
+    imports = import_seconds() if not args.commit else float("nan")
     results = {}
     for count in (int(size) for size in args.sizes.split(",")):
         with tempfile.TemporaryDirectory(prefix="flannelette-scale-") as workdir:
-            results[count] = measure(count, args.keys, workdir)
+            results[count] = measure(count, args.keys, workdir, args.commit)
     print(render(results, imports, args.keys))
     if args.json:
         with open(args.json, "w") as f:
