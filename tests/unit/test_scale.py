@@ -123,3 +123,18 @@ def test_canonical_addresses_read_as_ipaddress_reads_them():
             pass
         got = (config.parse_cidr if "/" in text else config.parse_address)(text, failures.append)
         assert got == expected and (got is None) == bool(failures), text
+
+
+def test_hellos_to_a_large_new_table_come_in_batches_and_all_go_out(big_conf):
+    from flannelette.host.datapath import exchange
+    from flannelette.host.datapath.exchange import Exchanges
+
+    leases = config.parse_leases({"leases": leasegen.generate(1_000)}, big_conf)
+    table = LeaseTable(leases[0], leases, big_conf.subnet_len, big_conf.port)
+    exchanges = Exchanges(1, "0.2.0", rng=random.Random(1))
+    exchanges.adopt(table, 0.0)
+    batches = []
+    while exchanges.next_due() is not None and exchanges.next_due() <= 0.0:
+        batches.append(len(exchanges.due(0.0)))
+    assert batches[0] == exchange.BATCH and max(batches) == exchange.BATCH
+    assert sum(batches) == 999  # every peer asked once now, the rest of each round a second later
