@@ -66,3 +66,14 @@ def test_healthz_readyz_and_status(three):
     assert samples[("flannelette_leases", ())] == 3
     status = host.run(*flannelette_command(), "status").stdout
     assert "ready" in status and "node2" in status and "node3" in status
+
+
+def test_ping_to_a_subnet_in_no_lease_says_destination_net_unreachable(three):
+    a = three[0]
+    pod, _ = a.add_pod()
+    unleased = "10.244.200.7"
+    for argv in (("ip", "netns", "exec", a.ns), ("ip", "netns", "exec", pod)):
+        done = sh(*argv, "ping", "-c", "1", "-W", "2", unleased, check=False)
+        assert done.returncode != 0
+        assert "Destination Net Unreachable" in done.stdout, done.stdout
+    assert a.metric("icmp_unreachable_sent_total") >= 2

@@ -3,6 +3,7 @@
 import struct
 from ipaddress import IPv4Address, IPv4Network
 
+import pytest
 from hypothesis import given, strategies as st
 
 from flannelette.host.datapath import packet
@@ -76,9 +77,30 @@ def test_net_unreachable_quotes_header_and_eight_bytes():
     assert packet.checksum(reply[20:]) == 0
 
 
-def test_no_unreachable_about_icmp_or_later_fragments():
+def icmp(type_, code=0):
+    return struct.pack("!BBHI", type_, code, 0, 0) + b"abcd"
+
+
+@pytest.mark.parametrize("type_", [0, 8, 9, 10, 13, 14, 15, 16, 17, 18])
+def test_net_unreachable_about_icmp_queries_and_replies(type_):
+    offender = ipv4("10.244.1.5", "10.244.9.9", payload=icmp(type_), proto=1)
+    reply = packet.net_unreachable(offender, IPv4Address("10.244.1.0"))
+    assert reply[20:22] == b"\x03\x00" and reply[28:] == bytes(offender[:28])
+
+
+@pytest.mark.parametrize("type_", [3, 4, 5, 11, 12, 19, 42, 255])
+def test_no_unreachable_about_icmp_errors_or_unknown_types(type_):
+    offender = ipv4("10.244.1.5", "10.244.9.9", payload=icmp(type_), proto=1)
+    assert packet.net_unreachable(offender, IPv4Address("10.244.1.0")) is None
+
+
+def test_no_unreachable_about_icmp_without_a_type():
+    assert packet.net_unreachable(ipv4("10.244.1.5", "10.244.9.9", payload=b"", proto=1), IPv4Address("10.244.1.0")) is None
+
+
+def test_no_unreachable_about_icmp_errors_or_later_fragments():
     source = IPv4Address("10.244.1.0")
-    assert packet.net_unreachable(ipv4("10.244.1.5", "10.244.9.9", proto=1), source) is None
+    assert packet.net_unreachable(ipv4("10.244.1.5", "10.244.9.9", payload=icmp(3), proto=1), source) is None
     assert packet.net_unreachable(ipv4("10.244.1.5", "10.244.9.9", flags_frag=0x2001), source) is None
     assert packet.net_unreachable(b"\x45" + bytes(10), source) is None
     assert packet.net_unreachable(ipv4("10.244.1.5", "10.244.9.9", flags_frag=0x2000), source) is not None

@@ -13,6 +13,11 @@ IPV4_HEADER_LEN = 20
 IPPROTO_ICMP = 1
 ICMP_DEST_UNREACH = 3
 ICMP_NET_UNREACH = 0
+# The ICMP messages that are not errors (RFC 792, 950, 1256): echo, router
+# advertisement and solicitation, timestamp, information and address mask,
+# requests and replies. An error is never sent about an ICMP error, which
+# could loop (RFC 1812 4.3.2.7); unknown types count as errors, as in Linux.
+ICMP_QUERY_TYPES = frozenset({0, 8, 9, 10, 13, 14, 15, 16, 17, 18})
 # The reply is read by the sending host's own stack, one hop away; flannel uses a
 # small TTL for it too.
 ICMP_REPLY_TTL = 8
@@ -94,19 +99,25 @@ def checksum(data) -> int:
     return ~total & 0xFFFF
 
 
+def is_icmp_query(ip, header_len: int) -> bool:
+    """Whether the ICMP message in IPv4 packet `ip` is a query or reply, not an error (which gets no error back)."""
+    return len(ip) > header_len and ip[header_len] in ICMP_QUERY_TYPES
+
+
 def net_unreachable(offender, source: IPv4Address) -> Optional[bytes]:
     """An ICMP net-unreachable for `offender`, from `source`, or None when none is due.
 
-    As flannel does (and RFC 1812 asks): never about an ICMP packet, which could
-    loop, nor about a fragment other than the first; the reply quotes the
-    offender's header and the first 8 bytes of its payload.
+    As RFC 1812 asks: never about an ICMP error (flannel refuses every ICMP
+    packet, so a ping there gets silence; here it gets an answer), nor about
+    a fragment other than the first; the reply quotes the offender's header
+    and the first 8 bytes of its payload.
     """
     if len(offender) < IPV4_HEADER_LEN or offender[0] >> 4 != 4:
         return None
     header_len = (offender[0] & 0x0F) * 4
-    if header_len < IPV4_HEADER_LEN or offender[9] == IPPROTO_ICMP:
+    if header_len < IPV4_HEADER_LEN or WORD.unpack_from(offender, 6)[0] & 0x1FFF:
         return None
-    if WORD.unpack_from(offender, 6)[0] & 0x1FFF:
+    if offender[9] == IPPROTO_ICMP and not is_icmp_query(offender, header_len):
         return None
     quote = bytes(offender[: header_len + 8])
     icmp = bytearray(struct.pack("!BBHI", ICMP_DEST_UNREACH, ICMP_NET_UNREACH, 0, 0) + quote)
