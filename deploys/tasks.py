@@ -38,6 +38,8 @@ IP_FORWARD_BEFORE = f"{STATE_DIR}/ip_forward.before"
 PSK_VARIABLE = "FLANNELETTE_PSK"  # the network's preshared key, from the operator's secret store
 # host-local keeps the addresses it handed out here, one directory per network.
 CNI_ALLOCATIONS = "/var/lib/cni/networks/flannelette"
+# The unit's CacheDirectory=: the runtime's modules, unpacked and compiled (flannelette.deploy.pyz_main).
+BYTECODE_CACHE = "/var/cache/flannelette"
 # Directories a deploy may have created; teardown removes them only when empty,
 # deepest first.
 CREATED_DIRS = (
@@ -286,16 +288,22 @@ def remember_ip_forward(on_host: dict) -> None:
 def remove():
     """Stop and remove the overlay: the host as it was before the first deploy.
 
-    Stopping the runtime removes what it made in the kernel (flannel0, its
-    rules, cni0 once nothing is attached, /run/flannel); this removes the files.
+    A stop keeps flannel0, its route, the rules and cni0 for the next start;
+    `flannelette teardown` removes them (cni0 once nothing is attached), then
+    this removes the files.
     """
     systemd.service(name="Stop flannelette and disable it at boot", service=UNIT_NAME, running=False, enabled=False)
+    server.shell(
+        name="Remove flannel0, its route, the rules and an idle cni0",
+        commands=[f"if [ -e {PYZ} ]; then python3 {PYZ} teardown; fi"],
+    )
     unit = files.file(name=f"Remove {UNIT}", path=UNIT, present=False)
     systemd.daemon_reload(name="Forget the flannelette unit", _if=unit.did_change)
     for path in (CONFLIST, SYSCTL, NET_CONF, LEASES, PYZ, PRIVATE_KEY, PSK):
         files.file(name=f"Remove {path}", path=path, present=False)
     files.link(name=f"Remove {COMMAND}", path=COMMAND, present=False)
     files.directory(name=f"Remove {CNI_ALLOCATIONS} (host-local's addresses)", path=CNI_ALLOCATIONS, present=False)
+    files.directory(name=f"Remove {BYTECODE_CACHE} (the runtime's bytecode)", path=BYTECODE_CACHE, present=False)
     restore_ip_forward()
     ops.remove_empty_dirs(name="Remove the directories the deploy created, if empty", paths=CREATED_DIRS)
 

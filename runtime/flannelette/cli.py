@@ -52,6 +52,12 @@ HOST_COMMANDS = {
         "Make this host's private key (0600) when there is none, and print its public key in "
         "WireGuard's base64, for the lease table. The private key never leaves the host.",
     ),
+    "teardown": Command(
+        "flannelette.host.teardown",
+        "remove flannel0, its route, the rules and an idle cni0 (after a stop)",
+        "Remove what a stopped runtime leaves for its next start: flannel0 with its route, the "
+        "iptables or nftables rules, and cni0 when nothing is attached. Refused while a runtime runs.",
+    ),
     "status": Command(
         "flannelette.host.status",
         "summarise the local runtime (with INVENTORY: every host's)",
@@ -85,6 +91,7 @@ On the operator's machine:
 On a host (started by systemd):
   flannelette run --net-conf FILE --leases FILE --public-ip IP
   flannelette status
+  flannelette teardown                       after a stop: remove flannel0, its route and rules
   flannelette keygen                         make this host's key, print its public key
 """
 

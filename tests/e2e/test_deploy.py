@@ -36,7 +36,7 @@ TIMINGS: dict = {}
 # with the host before the first deploy. Counters and iptables-save's dated
 # comments are dropped; empty built-in chains are not flannelette's.
 SNAPSHOT = r"""
-find /etc /usr/local /var/lib/cni /var/lib/flannelette /run/flannel -xdev -printf '%p %s %m\n' 2>/dev/null | sort
+find /etc /usr/local /var/lib/cni /var/lib/flannelette /var/cache/flannelette /run/flannel -xdev -printf '%p %s %m\n' 2>/dev/null | sort
 echo '-- links'; ip -br link | awk '{print $1, $3}'
 echo '-- addresses'; ip -br addr
 echo '-- routes'; ip route

@@ -217,6 +217,14 @@ class Host:
                 self.proc.wait()
         return self.proc.returncode if self.proc else None
 
+    def teardown(self):
+        """`flannelette teardown` here: what a stop left, removed."""
+        return self.run(*flannelette_command(), "teardown", check=False)
+
+    def overlay_route(self):
+        """The route of the overlay's network here, as `ip route` prints it ('' when there is none)."""
+        return self.run("ip", "route", "show", str(NETWORK)).stdout.strip()
+
     def log(self):
         with open(self.log_path) as f:
             return f.read()

@@ -17,37 +17,55 @@ def flannel_rules(host):
     return [line for line in host.run("iptables-save").stdout.splitlines() if "FLANNEL" in line]
 
 
-def test_kill_9_then_restart_adopts_devices_and_traffic_resumes(cluster, three):
+def test_kill_9_leaves_flannel0_and_its_route_and_a_restart_takes_them_over(cluster, three):
     a, b, _ = three
     rules_before = flannel_rules(a)
-    bridge = link_index(a, "cni0")
+    bridge, tun = link_index(a, "cni0"), link_index(a, "flannel0")
     a.proc.send_signal(signal.SIGKILL)
     a.proc.wait(10)
-    assert "flannel0" not in a.links()  # the TUN device went with the process
+    assert link_index(a, "flannel0") == tun  # persistent: the overlay still routes into it, not elsewhere
+    assert a.overlay_route().startswith("10.244.0.0/16 dev flannel0 ")
     assert not b.ping(a.gateway, source=b.gateway, timeout=1)
 
     a.start()
+    assert "flannel0: taken over from the last run" in a.log()
     assert cluster.ping(b.ns, a.gateway)
     assert b.ping(a.gateway, source=b.gateway)
-    assert link_index(a, "cni0") == bridge
+    assert link_index(a, "cni0") == bridge and link_index(a, "flannel0") == tun
     assert flannel_rules(a) == rules_before  # refilled, not duplicated
 
 
-def test_sigterm_removes_tun_and_rules_and_idle_bridge(three):
+def test_sigterm_keeps_the_kernel_state_and_teardown_removes_it(three):
     a = three[0]
+    rules = flannel_rules(a)
     assert a.stop() == 0
+    assert {"flannel0", "cni0"} <= a.links()
+    assert a.overlay_route().startswith("10.244.0.0/16 dev flannel0 ")
+    assert flannel_rules(a) == rules
+    assert "stopped; flannel0, its route, the rules and cni0 stay" in a.log()
+    done = a.teardown()
+    assert done.returncode == 0, done.stderr
     assert not {"flannel0", "cni0"} & a.links()
-    assert flannel_rules(a) == []
-    assert "stopped" in a.log()
+    assert a.overlay_route() == "" and flannel_rules(a) == []
+    assert a.teardown().returncode == 0  # nothing left to remove
 
 
-def test_sigterm_leaves_bridge_with_containers_attached(three):
+def test_teardown_is_refused_while_the_runtime_runs(cluster, three):
+    a, b, _ = three
+    done = a.teardown()
+    assert done.returncode == 1
+    assert "stop flannelette first" in done.stderr
+    assert b.ping(a.gateway, source=b.gateway)
+
+
+def test_teardown_leaves_bridge_with_containers_attached(three):
     a = three[0]
     a.add_pod()
     assert a.stop() == 0
+    assert a.teardown().returncode == 0
     links = a.links()
     assert "flannel0" not in links and "cni0" in links
-    assert "leaving cni0 in place" in a.log()
+    assert "leaving cni0 in place" in a.teardown().stderr
 
 
 def test_second_start_finds_everything_right(cluster, three):
@@ -99,6 +117,8 @@ def test_nftables_when_enabled(cluster):
     assert flannel_rules(a) == []
     assert cluster.ping(a.ns, b.gateway)
     assert a.stop() == 0
+    assert "table ip flannelette" in a.run("nft", "list", "tables").stdout  # kept for the next start
+    assert a.teardown().returncode == 0
     assert "flannelette" not in a.run("nft", "list", "tables").stdout
 
 
@@ -127,6 +147,20 @@ def test_failed_bring_up_undoes_every_finished_step(cluster):
     assert "subnet.env" in a.log()
     assert not {"flannel0", "cni0"} & a.links()
     assert flannel_rules(a) == []
+
+
+def test_failed_start_after_a_run_leaves_what_it_found(cluster):
+    a, b = cluster.build(2)
+    a.start()
+    assert a.stop() == 0
+    rules, tun = flannel_rules(a), link_index(a, "flannel0")
+    os.remove(a.subnet_file)
+    os.makedirs(a.subnet_file)
+    proc = a.start(wait=False)
+    assert proc.wait(60) == 1
+    assert link_index(a, "flannel0") == tun and "cni0" in a.links()  # not made by this start: not undone
+    assert a.overlay_route().startswith("10.244.0.0/16 dev flannel0 ")
+    assert flannel_rules(a) == rules
 
 
 def test_mtu_follows_the_public_interface(cluster):

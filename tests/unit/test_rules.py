@@ -118,6 +118,13 @@ def test_nft_apply_and_remove_calls():
     assert run.calls[1][1] == rules.render_nft_removal()
 
 
+def test_present_reads_what_is_in_place():
+    assert rules.Rules(NET, SUB, True, False, runner=Recorder(SAVED)).present()
+    assert not rules.Rules(NET, SUB, True, False, runner=Recorder("*nat\nCOMMIT\n")).present()
+    assert not rules.Rules(NET, SUB, True, True, runner=lambda argv, text=None: "table ip filter\n").present()
+    assert rules.Rules(NET, SUB, True, True, runner=lambda argv, text=None: f"table ip {rules.NFT_TABLE}\n").present()
+
+
 def test_missing_tool_is_named():
     try:
         rules.run(["iptables-restore-not-installed"])

@@ -2,6 +2,13 @@
 
 Bring-up is an ordered list of steps; when one fails, the finished ones are
 undone in reverse, so a runtime that can't start leaves nothing half made.
+
+A stop (SIGTERM, SIGINT) ends only the process: flannel0 (persistent), its
+address and route, the rules and cni0 stay, so during a restart or an upgrade
+the overlay's packets are dropped at flannel0 instead of leaving by another
+route, and the next start takes them over. `flannelette teardown` removes
+them. A failed start undoes only what that start made: a flannel0 it found is
+left routing into nothing, as the last runtime left it.
 """
 
 from __future__ import annotations
@@ -109,7 +116,8 @@ class Runtime:
         self.reloads = {"ok": 0, "failed": 0}
         self.datapath: Optional[DataPath] = None
         self.mtu = 0
-        self.undo: List[Tuple[str, Callable[[], None]]] = []
+        # (what, how to undo it, whether it is kernel state a stop keeps), in the order made.
+        self.undo: List[Tuple[str, Callable[[], None], bool]] = []
 
     @property
     def leases(self) -> List[config.Lease]:
@@ -178,19 +186,25 @@ class Runtime:
             try:
                 step()
             except Exception as e:
-                self.tear_down()
+                self.tear_down(kernel_state=True)
                 raise StartError(f"{name}: {e}") from e
         self.ready = True
 
-    def tear_down(self) -> None:
-        """Undo the finished steps in reverse; every undo runs even when one fails."""
+    def tear_down(self, kernel_state: bool = False) -> None:
+        """Undo the finished steps in reverse, the kernel state this start made too with `kernel_state`;
+        every undo runs even when one fails."""
         self.ready = False
         while self.undo:
-            name, undo = self.undo.pop()
+            name, undo, kept = self.undo.pop()
+            if kept and not kernel_state:
+                continue
             try:
                 undo()
             except Exception as e:
                 log.error("stopping: %s: %s", name, e)
+
+    def _made(self, name: str, undo: Callable[[], None], kernel: bool = False) -> None:
+        self.undo.append((name, undo, kernel))
 
     def _mtu(self, ipr) -> int:
         name = self.args.iface or netlink.interface_with_address(ipr, self.public_ip)
@@ -209,7 +223,7 @@ class Runtime:
 
     def _socket(self) -> None:
         sock = udp.tunnel_socket()
-        self.undo.append(("UDP socket", sock.close))
+        self._made("UDP socket", sock.close)
         try:
             sock.bind((str(self.public_ip), self.net_conf.port))
         except OSError as e:
@@ -227,11 +241,19 @@ class Runtime:
         except OSError as e:
             raise StartError(f"can't serve on {self.args.healthz}: {e.strerror}") from None
         server.start()
-        self.undo.append(("healthz", server.stop))
+        self._made("healthz", server.stop)
 
     def _tun(self, ipr) -> None:
-        self.tun_fd = tun.open_tun(TUN_NAME)
-        self.undo.append((TUN_NAME, lambda: self._close_tun()))
+        found = netlink.link_index(ipr, TUN_NAME)
+        if found is not None and netlink.link_kind(ipr, found) != "tun":
+            raise StartError(f"{TUN_NAME} exists but is not a TUN device; remove it (ip link del {TUN_NAME}) "
+                             "and start again")
+        self.tun_fd = tun.open_tun(TUN_NAME, persist=True)
+        if found is None:
+            self._made(TUN_NAME, _remove_tun, kernel=True)
+        else:
+            log.info("%s: taken over from the last run, with its route", TUN_NAME)
+        self._made(f"{TUN_NAME} fd", lambda: os.close(self.tun_fd))
         index = netlink.link_index(ipr, TUN_NAME)
         netlink.tune_tun_sysctls(TUN_NAME)
         if not netlink.limit_gso(ipr, index, TUN_GSO_MAX_SIZE):
@@ -244,14 +266,9 @@ class Runtime:
         netlink.ensure_addresses(ipr, index, [IPv4Interface((self.own.subnet.network_address, 32))])
         netlink.ensure_route(ipr, self.net_conf.network, index)
 
-    def _close_tun(self) -> None:
-        os.close(self.tun_fd)
-        with netlink.IPRoute() as ipr:  # gone with its last fd, unless someone made it persistent
-            netlink.remove_link(ipr, TUN_NAME)
-
     def _bridge(self, ipr) -> None:
-        netlink.ensure_bridge(ipr, BRIDGE_NAME)
-        self.undo.append((BRIDGE_NAME, _remove_idle_bridge))
+        if netlink.ensure_bridge(ipr, BRIDGE_NAME):
+            self._made(BRIDGE_NAME, remove_idle_bridge, kernel=True)
         index = netlink.link_index(ipr, BRIDGE_NAME)
         gateway = IPv4Interface((self.own.gateway, self.own.subnet.prefixlen))
         netlink.ensure_addresses(ipr, index, [gateway])
@@ -259,7 +276,8 @@ class Runtime:
 
     def _rules(self) -> None:
         rules = Rules(self.net_conf.network, self.own.subnet, self.args.ip_masq, self.net_conf.enable_nftables)
-        self.undo.append(("rules", rules.remove))
+        if not rules.present():
+            self._made("rules", rules.remove, kernel=True)
         rules.apply()
 
     def _subnet_env(self) -> None:
@@ -273,7 +291,7 @@ class Runtime:
             sessions=self._sessions(), required=self.net_conf.encryption == config.ENCRYPTION_REQUIRED,
         )
         self.datapath.start()
-        self.undo.append(("data path", self.datapath.stop))
+        self._made("data path", self.datapath.stop)
 
     def _sessions(self):
         if self.identity is None:
@@ -362,7 +380,12 @@ def _no_collection_pause():
         gc.enable()
 
 
-def _remove_idle_bridge() -> None:
+def _remove_tun() -> None:
+    with netlink.IPRoute() as ipr:
+        netlink.remove_link(ipr, TUN_NAME)
+
+
+def remove_idle_bridge() -> None:
     # Containers attached by the CNI bridge plugin keep their network while the
     # runtime restarts, so cni0 stays as long as anything is plugged into it.
     with netlink.IPRoute() as ipr:
@@ -449,7 +472,8 @@ def run(runtime: Runtime) -> int:
     finally:  # whatever ends serving, the kernel state goes with it
         notify.stopping()
         runtime.tear_down()
-    log.info("stopped")
+    log.info("stopped; %s, its route, the rules and %s stay for the next start (`flannelette teardown` "
+             "removes them)", TUN_NAME, BRIDGE_NAME)
     return EXIT_OK
 
 

@@ -163,6 +163,13 @@ class Rules:
         text = render_iptables(self.network, self.subnet, self.masquerade, *present)
         self.run(["iptables-restore", "--noflush"], text)
 
+    def present(self) -> bool:
+        """Whether any of our rules are in place (a runtime ran here before)."""
+        if self.nftables:
+            return f"table ip {NFT_TABLE}" in self.run(["nft", "list", "tables"]).splitlines()
+        jumps, chains = parse_iptables_save(self.run(["iptables-save"]))
+        return bool(jumps or chains)
+
     def remove(self) -> None:
         if self.nftables:
             self.run(["nft", "-f", "-"], render_nft_removal())

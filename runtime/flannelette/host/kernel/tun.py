@@ -16,6 +16,9 @@ IFF_VNET_HDR = 0x4000  # a virtio-net header before each packet, to write coales
 IFF_MULTI_QUEUE = 0x0100  # one device, several fds, the kernel spreading flows over them
 IFNAMSIZ = 16
 TUNSETOFFLOAD = 0x400454D0
+TUNSETPERSIST = 0x400454CB
+TUNSETVNETHDRSZ = 0x400454D8
+VIRTIO_NET_HDR_LEN = 10  # struct virtio_net_hdr, what the data path reads and writes
 # What the kernel may leave undone in packets it hands over: checksums, and TCP
 # segmentation (whole super-packets of up to gso_max_size bytes).
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
@@ -26,7 +29,7 @@ class TunError(Exception):
     pass
 
 
-def open_tun(name: str, vnet_hdr: bool = True, multi_queue: bool = False) -> int:
+def open_tun(name: str, vnet_hdr: bool = True, multi_queue: bool = False, persist: bool = False) -> int:
     """A non-blocking fd attached to TUN device `name`, creating the device if missing.
 
     With `vnet_hdr`, every read and write on the fd starts with a struct
@@ -34,8 +37,13 @@ def open_tun(name: str, vnet_hdr: bool = True, multi_queue: bool = False) -> int
     With `multi_queue`, each call attaches one more queue to the device, and
     the kernel hands each flow's packets to one queue by its hash.
 
-    The device is not persistent: it disappears with the last fd, so a runtime
-    killed with SIGKILL leaves no flannel0 routing packets into nothing.
+    With `persist`, the device (and so its addresses and routes) outlives the
+    fd: a runtime that stops or dies leaves flannel0 routing the overlay into
+    a device that drops what it is given, never out by another route, and
+    the next start attaches to it again (`remove_persistent` ends it). An
+    existing device is taken as it is only when it was made with the same
+    kind and queue flags; the per-fd flags (packet info, vnet header) are
+    the ones given here, whatever the last owner used.
     """
     if len(name.encode()) >= IFNAMSIZ:
         raise TunError(f"{name!r}: interface names are at most {IFNAMSIZ - 1} bytes")
@@ -43,20 +51,36 @@ def open_tun(name: str, vnet_hdr: bool = True, multi_queue: bool = False) -> int
         fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise TunError(f"can't open {TUN_PATH}: {e.strerror} (is the tun module loaded?)") from None
+    flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0) | (IFF_MULTI_QUEUE if multi_queue else 0)
     try:
-        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
-                                                  | (IFF_MULTI_QUEUE if multi_queue else 0)))
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), flags))
+        if vnet_hdr:  # a last owner may have set another size; the data path reads this one
+            fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VIRTIO_NET_HDR_LEN))
+        if persist:
+            fcntl.ioctl(fd, TUNSETPERSIST, 1)
     except OSError as e:
         os.close(fd)
-        raise TunError(_setiff_message(name, e)) from None
+        raise TunError(_setiff_message(name, e, multi_queue)) from None
     return fd
 
 
-def _setiff_message(name: str, error: OSError) -> str:
+def remove_persistent(fd: int) -> None:
+    """Make the device of `fd` go with its last fd, and close this one: a device nobody else holds is gone."""
+    try:
+        fcntl.ioctl(fd, TUNSETPERSIST, 0)
+    finally:
+        os.close(fd)
+
+
+def _setiff_message(name: str, error: OSError, multi_queue: bool) -> str:
     if error.errno == errno.EBUSY:
         return f"{name} is attached to another process (is another flannelette or flanneld running?)"
     if error.errno == errno.EINVAL:
-        return f"{name} exists and is not a TUN device; remove it (ip link del {name}) and start again"
+        queues = "multi-queue" if multi_queue else "single-queue"
+        return (f"{name} exists but is not a {queues} TUN device (a TAP, a device of another kind, or made with "
+                f"other queue flags); remove it (ip link del {name}) and start again")
+    if error.errno == errno.EPERM:
+        return f"{name} belongs to another user or group, and this process lacks CAP_NET_ADMIN"
     return f"can't attach TUN device {name}: {error.strerror}"
 
 
