@@ -23,7 +23,6 @@ from flannelette.model.files import replace_file
 HOST_PARTS = ("__init__.py", "cli.py", "host", "model")
 # Import names of the runtime's dependencies (pyproject's `dependencies`).
 DEPENDENCIES = ("cerberus", "yaml", "pyroute2")
-MIN_PYTHON = (3, 9)
 SHEBANG = b"#!/usr/bin/env python3\n"
 # The zip format can't store dates before 1980; any fixed date does.
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
@@ -33,17 +32,8 @@ SKIPPED_DIRS = {"__pycache__", "tests"}
 # to its pure-Python parser without it.
 SKIPPED_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd")
 
-MAIN = f'''\
-"""Entry point of the flannelette zipapp: `python3 flannelette.pyz run ...`."""
-import sys
-
-if sys.version_info < {MIN_PYTHON!r}:
-    sys.exit("flannelette needs Python {MIN_PYTHON[0]}.{MIN_PYTHON[1]} or newer, this is " + sys.version.split()[0])
-
-from flannelette.cli import main
-
-sys.exit(main())
-'''
+# The zipapp's __main__.py: the version check, and the bytecode cache.
+MAIN = (resources.files("flannelette.deploy") / "pyz_main.py").read_text()
 
 
 def sources() -> dict:

@@ -22,7 +22,7 @@ from pyinfra.context import ctx_host, ctx_state
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import files, server, systemd
 
-from flannelette.deploy import bundle, facts, ops, render
+from flannelette.deploy import bundle, facts, ops, pyz_main, render
 from flannelette.deploy.render import (
     COMMAND, CONF_DIR, CONFLIST, LEASES, NET_CONF, PRIVATE_KEY, PSK, PYZ, SYSCTL, UNIT, UNIT_NAME,
 )
@@ -115,7 +115,7 @@ def load_plan(inventory=None, path: Optional[str] = None) -> Plan:
 
 # -- checks that read a host and change nothing ------------------------------------
 
-MIN_PYTHON = bundle.MIN_PYTHON
+MIN_PYTHON = pyz_main.MIN_PYTHON
 
 
 def require_python3() -> str:
