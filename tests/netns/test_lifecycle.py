@@ -170,3 +170,15 @@ def test_mtu_follows_the_public_interface(cluster):
     assert "mtu 8972" in a.run("ip", "link", "show", "flannel0").stdout
     with open(a.subnet_file) as f:
         assert "FLANNEL_MTU=8972\n" in f.read()
+
+
+@pytest.mark.parametrize("made", [("mode", "tun", "multi_queue"), ("mode", "tap")], ids=["multi-queue tun", "tap"])
+def test_a_flannel0_of_other_flags_is_refused_by_name_and_left_alone(cluster, made):
+    a, b = cluster.build(2)
+    a.run("ip", "tuntap", "add", "flannel0", *made)
+    before = link_index(a, "flannel0")
+    proc = a.start(wait=False)
+    assert proc.wait(60) == 1
+    assert "flannel0 exists but is not a single-queue TUN device" in a.log()
+    assert link_index(a, "flannel0") == before  # not this start's to remove
+    assert "cni0" not in a.links() and flannel_rules(a) == []

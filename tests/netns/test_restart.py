@@ -112,7 +112,7 @@ def test_a_tcp_stream_runs_through_an_upgrade_of_both_hosts_zipapps(cluster):
     os.makedirs(cache)
 
     def release(pyz):
-        return ["env", f"CACHE_DIRECTORY={cache}", sys.executable, pyz]
+        return ["env", f"CACHE_DIRECTORY={cache}", sys.executable, "-I", pyz]  # -I: as under systemd, bytecode is written
 
     a.start(release=release(old))
     b.start(release=release(old))

@@ -145,3 +145,14 @@ def test_status_peers_carry_ages_by_the_hosts_clock():
     (peer,) = status.peers(status.samples_by_name(page), now=1000.0)
     assert peer == {"peer": "node2", "subnet": "10.244.2.0/24", "public_ip": "192.168.56.12", "tx": 10, "rx": 0,
                     "format": "sealed", "exchange": "confirmed", "release": "0.1.0", "heard": 10.0, "refused": 2}
+
+
+def test_linkdown_routes_ignored_reads_the_kernel_setting(tmp_path):
+    from flannelette.host.kernel import netlink
+
+    setting = tmp_path / "ignore_routes_with_linkdown"
+    setting.write_text("1\n")
+    assert netlink.linkdown_routes_ignored(str(setting))
+    setting.write_text("0\n")
+    assert not netlink.linkdown_routes_ignored(str(setting))
+    assert not netlink.linkdown_routes_ignored(str(tmp_path / "missing"))

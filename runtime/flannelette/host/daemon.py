@@ -254,6 +254,10 @@ class Runtime:
         else:
             log.info("%s: taken over from the last run, with its route", TUN_NAME)
         self._made(f"{TUN_NAME} fd", lambda: os.close(self.tun_fd))
+        if netlink.linkdown_routes_ignored():
+            log.warning("net.ipv4.conf.all.ignore_routes_with_linkdown is 1: during a restart, while no runtime "
+                        "holds %s, the overlay's packets would take another route (the default gateway); set it to 0",
+                        TUN_NAME)
         index = netlink.link_index(ipr, TUN_NAME)
         netlink.tune_tun_sysctls(TUN_NAME)
         if not netlink.limit_gso(ipr, index, TUN_GSO_MAX_SIZE):

@@ -148,6 +148,21 @@ def tune_tun_sysctls(name: str) -> None:
                 f.write("1\n")
 
 
+IGNORE_LINKDOWN = "/proc/sys/net/ipv4/conf/all/ignore_routes_with_linkdown"
+
+
+def linkdown_routes_ignored(path: str = IGNORE_LINKDOWN) -> bool:
+    """Whether the kernel skips routes over links without carrier, as flannel0 is while no runtime holds it.
+
+    The setting of `all` counts for every device whatever the device's own says.
+    """
+    try:
+        with open(path) as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
+
+
 def enable_ip_forward(path: str = IP_FORWARD) -> None:
     with open(path, "r+") as f:
         if f.read().strip() != "1":
