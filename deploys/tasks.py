@@ -19,7 +19,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.context import ctx_host, ctx_state
-from pyinfra.facts.files import FileContents
+from pyinfra.facts.files import File, FileContents
 from pyinfra.operations import files, server, systemd
 
 from flannelette.deploy import bundle, facts, ops, pyz_main, render
@@ -293,10 +293,11 @@ def remove():
     this removes the files.
     """
     systemd.service(name="Stop flannelette and disable it at boot", service=UNIT_NAME, running=False, enabled=False)
-    server.shell(
-        name="Remove flannel0, its route, the rules and an idle cni0",
-        commands=[f"if [ -e {PYZ} ]; then python3 {PYZ} teardown; fi"],
-    )
+    if host.get_fact(File, path=PYZ):  # the runtime is there to take down what it made: a second run has none
+        server.shell(
+            name="Remove flannel0, its route, the rules and an idle cni0",
+            commands=[f"python3 {PYZ} teardown"],
+        )
     unit = files.file(name=f"Remove {UNIT}", path=UNIT, present=False)
     systemd.daemon_reload(name="Forget the flannelette unit", _if=unit.did_change)
     for path in (CONFLIST, SYSCTL, NET_CONF, LEASES, PYZ, PRIVATE_KEY, PSK):
