@@ -248,14 +248,14 @@ class Encrypted:
         smaller[:VNET_HDR_LEN] = self._plain[:VNET_HDR_LEN]
         chunk = room - SEALED_HEADER_LEN
         per_send = min(MAX_SEGMENTS, MAX_SEND // room)
-        mark = peer.loss.ask if peer.loss is not None else 0
-        heads, unit_iov = self._heads, self._unit_iov
+        unit_iov = self._unit_iov
         iov, datagrams = [], 0
-        for head, start, end in segments.smaller(ip, gso_size, ask):
+        # A unit of k >= 2 segments takes at most k datagrams, so no unit outgrows one send.
+        for head, start, end in segments.smaller(ip, gso_size, min(ask, per_send)):
             at = VNET_HDR_LEN + len(head)
             n = at + end - start
             count = -(-(n + TAG_LEN) // chunk)
-            if datagrams + count > per_send:
+            if datagrams and datagrams + count > per_send:
                 self._transmit(iov, datagrams, room, peer)
                 iov, datagrams = [], 0
             smaller[VNET_HDR_LEN:at] = head
@@ -263,9 +263,7 @@ class Encrypted:
             counter = kp.next_counter()
             offset = datagrams * chunk
             kp.send.seal_into(counter, self._smaller_at, n, self._cipher_at + offset, pad=count * chunk - TAG_LEN - n)
-            first, last = datagrams * SEALED_HEADER_LEN, (datagrams + count) * SEALED_HEADER_LEN
-            heads[first:last] = SEALED_HEADER.pack(formats.SEALED_UNIT, 0, count, mark, kp.remote, counter) * count
-            heads[first + 1:last:SEALED_HEADER_LEN] = INDEXES[:count]
+            self._write_heads(datagrams, count, kp, counter, peer)
             iov += unit_iov[2 * datagrams:2 * (datagrams + count)]
             datagrams += count
         if datagrams:
@@ -281,10 +279,7 @@ class Encrypted:
         if count > MAX_DATAGRAMS:
             self._drop(packet.OVERSIZED, "%d bytes for %s: more than one sealed unit holds", length, peer.host)
             return
-        heads, span = self._heads, count * SEALED_HEADER_LEN
-        ask = peer.loss.ask if peer.loss is not None else 0
-        heads[:span] = SEALED_HEADER.pack(formats.SEALED_UNIT, 0, count, ask, kp.remote, counter) * count
-        heads[1:span:SEALED_HEADER_LEN] = INDEXES[:count]
+        self._write_heads(0, count, kp, counter, peer)
         per_send = min(MAX_SEGMENTS, MAX_SEND // self.room)
         for first in range(0, count, per_send):
             last = min(count, first + per_send)
@@ -293,6 +288,14 @@ class Encrypted:
                 iov[-1] = self._cipher_view[(count - 1) * chunk:total]
             self._transmit(iov, last - first, self.room, peer)
         self.sessions.sent(kp.tunnel, self.clock(), True)
+
+    def _write_heads(self, first: int, count: int, kp, counter: int, peer) -> None:
+        """The headers of a unit of `count` datagrams, from header slot `first` on: what this host asks of
+        `peer` in each."""
+        start, end = first * SEALED_HEADER_LEN, (first + count) * SEALED_HEADER_LEN
+        ask = peer.loss.ask if peer.loss is not None else 0
+        self._heads[start:end] = SEALED_HEADER.pack(formats.SEALED_UNIT, 0, count, ask, kp.remote, counter) * count
+        self._heads[start + 1:end:SEALED_HEADER_LEN] = INDEXES[:count]
 
     def _flush_staged(self, peer) -> None:
         """The packets that waited for the peer's first keypair."""
