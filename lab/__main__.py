@@ -1,9 +1,10 @@
-"""python -m lab up|down|status|ssh: the lab from the command line."""
+"""python -m lab up|down|status|ssh|box: the lab from the command line."""
 
 import argparse
 import sys
 import time
 
+from . import box as boxmod
 from .errors import LabError
 from .lab import Lab
 from .plan import DEFAULT_HOSTS, DEFAULT_NAME, DEFAULT_NETWORK
@@ -30,6 +31,8 @@ def parse_args(argv):
     ssh = sub.add_parser("ssh", help="run a command on a host: ssh node2 -- CMD")
     ssh.add_argument("host")
     ssh.add_argument("cmd", nargs=argparse.REMAINDER)
+    box = sub.add_parser("box", help="write a Vagrant box (libvirt provider) of the lab's VM image")
+    box.add_argument("--output", default=boxmod.DEFAULT_OUTPUT, help="the .box file (default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -67,12 +70,22 @@ def cmd_ssh(lab, args):
     return lab.run_attached(args.host, " ".join(cmd), sys.stdin.buffer, sys.stdout.buffer, sys.stderr.buffer)
 
 
+def cmd_box(args):
+    started = time.monotonic()
+    output = boxmod.write(boxmod.ensure(), args.output)
+    print(f"{output} written in {time.monotonic() - started:.1f}s; add it with:\n"
+          f"  vagrant box add --name flannelette/{boxmod.rootfs.SUITE} {output}")
+    return 0
+
+
 COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "ssh": cmd_ssh}
 
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        if args.command == "box":
+            return cmd_box(args)
         lab = Lab(name=args.name, network=args.network,
                   inventory_path=getattr(args, "inventory", None), underlay=getattr(args, "underlay", "wire"))
         return COMMANDS[args.command](lab, args)

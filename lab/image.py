@@ -103,7 +103,7 @@ def ensure(log=print):
             return Image(target)
         log(f"building the VM image in {target} (once; later runs reuse it)")
         started = time.monotonic()
-        _build(cache, lower, target)
+        build(cache, lower, target)
         log(f"VM image ready in {time.monotonic() - started:.0f}s")
         for old in cache.glob(f"vm-{rootfs.SUITE}-*"):
             if old != target:
@@ -111,15 +111,20 @@ def ensure(log=print):
         return Image(target)
 
 
-def _build(cache, lower, target):
+def build(cache, lower, target, extra_packages=(), customize=None):
+    """The image in directory `target`, from the rootfs `lower`. A variant of
+    it (lab.box) names `extra_packages` to download and a `customize(root,
+    debs)` that changes the tree before it becomes the disk."""
     tmp = Path(tempfile.mkdtemp(prefix=".build-vm-", dir=cache))
     try:
-        debs = download(tmp / "debs", [kernel_package(), *EXTRA_PACKAGES, BUSYBOX_PACKAGE])
+        debs = download(tmp / "debs", [kernel_package(), *EXTRA_PACKAGES, BUSYBOX_PACKAGE, *extra_packages])
         out = tmp / "out"
         out.mkdir()
         root = hostmod.mount_layer(lower, tmp / "layer", "flannelette-lab-vm-image")
         version = install_kernel(root, debs)
         configure(root)
+        if customize:
+            customize(root, debs)
         shutil.copy(root / "boot" / f"vmlinuz-{version}", out / "vmlinuz")
         busybox = extract(debs[BUSYBOX_PACKAGE], tmp / "busybox") / "bin/busybox"
         initramfs.build(out / "initrd.img", busybox, root / "lib/modules" / version)

@@ -21,17 +21,18 @@ MEMORY_MIB = 1024
 # A working KVM reaches the initramfs in a second or two; TCG in a few.
 KVM_PROBE_SECONDS = 10
 ACCELS = ("kvm", "tcg")
+# What every VM of the image's kernel boots with, the Vagrant box's too.
+BOOT_ARGS = (
+    "root=/dev/vda", "console=ttyS0", "net.ifnames=0", "panic=-1",
+    # No udev in the image: a getty on the console would wait 90s for its device.
+    "systemd.mask=serial-getty@ttyS0.service",
+)
 
 
 def kernel_args(host, authorized_key):
     """The kernel command line that makes a VM `host` (see lab.image)."""
     key = base64.b64encode(authorized_key.strip().encode()).decode()
-    return " ".join([
-        "root=/dev/vda", "console=ttyS0", "net.ifnames=0", "panic=-1",
-        # No udev in the image: a getty on the console would wait 90s for its device.
-        "systemd.mask=serial-getty@ttyS0.service",
-        f"systemd.hostname={host.name}", f"lab.address={host.cidr}", f"lab.key={key}",
-    ])
+    return " ".join([*BOOT_ARGS, f"systemd.hostname={host.name}", f"lab.address={host.cidr}", f"lab.key={key}"])
 
 
 def mac_address(host):
