@@ -36,8 +36,8 @@ def port_open(address, port=22, timeout=1.0, netns=None):
         return False
 
 
-def connect(address, key_path, timeout=10, netns=None):
-    """An SSHClient logged in as root; host keys change with every rebuild, so
+def connect(address, key_path, timeout=10, netns=None, username="root"):
+    """An SSHClient logged in as `username`; host keys change with every rebuild, so
     they are accepted without a known_hosts file. With `netns`, the host is
     reached from inside that network namespace."""
     import paramiko
@@ -45,7 +45,7 @@ def connect(address, key_path, timeout=10, netns=None):
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
     client.connect(
-        address, username="root", key_filename=str(key_path), timeout=timeout,
+        address, username=username, key_filename=str(key_path), timeout=timeout,
         banner_timeout=timeout, auth_timeout=timeout, look_for_keys=False,
         allow_agent=False, sock=_connection(address, 22, timeout, netns) if netns else None,
     )
