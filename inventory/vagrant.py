@@ -8,7 +8,8 @@
 import os
 from pathlib import Path
 
-_MACHINES = Path(__file__).resolve().parent.parent / ".vagrant" / "machines"
+# Where vagrant keeps its machines: VAGRANT_DOTFILE_PATH, as vagrant reads it, or .vagrant.
+_MACHINES = Path(__file__).resolve().parent.parent / os.environ.get("VAGRANT_DOTFILE_PATH", ".vagrant") / "machines"
 
 
 def _private_key(name):
