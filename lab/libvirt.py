@@ -39,9 +39,13 @@ def names(kind):
 class Daemons:
     """libvirtd and virtlogd, started by `start` unless a libvirtd answers already."""
 
-    def __init__(self, log_dir, netns=None, timeout=60):
+    def __init__(self, log_dir, netns=None, hide_kvm=False, timeout=60):
         self.log_dir = Path(log_dir)
         self.netns = netns  # where libvirtd makes its bridges and starts dnsmasq and qemu
+        # Where /dev/kvm opens but KVM doesn't work, libvirt finds its cached
+        # qemu capabilities stale and probes qemu again at every start (minutes
+        # under load); a libvirtd that sees no /dev/kvm trusts its cache.
+        self.hide_kvm = hide_kvm
         self.timeout = timeout
         self.started = []  # [(pid, start time)] of the daemons this object started
 
@@ -49,11 +53,9 @@ class Daemons:
         if answers():
             return self
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         for path in DAEMONS:
-            # `ip netns exec` execs the daemon in its own process: the PID is the daemon's.
             with open(self.log_dir / f"{Path(path).name}.log", "ab") as log:
-                proc = subprocess.Popen([*prefix, path], stdin=subprocess.DEVNULL, stdout=log,
+                proc = subprocess.Popen(self._argv(path), stdin=subprocess.DEVNULL, stdout=log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
             self.started.append((proc.pid, hostmod.start_time(proc.pid)))
         deadline = time.monotonic() + self.timeout
@@ -64,6 +66,13 @@ class Daemons:
                                f"see {self.log_dir}/libvirtd.log")
             time.sleep(0.5)
         return self
+
+    def _argv(self, path):
+        """The daemon's command line; every step before it execs, so the PID is the daemon's."""
+        argv = [path]
+        if self.hide_kvm and path.endswith("/libvirtd") and Path("/dev/kvm").exists():
+            argv = ["unshare", "--mount", "sh", "-c", f"mount --bind /dev/null /dev/kvm && exec {path}"]
+        return ["ip", "netns", "exec", self.netns, *argv] if self.netns else argv
 
     def stop(self):
         """End the daemons this object started, by PID; the PIDs that survived."""
