@@ -17,6 +17,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -64,7 +65,7 @@ class VagrantCluster:
         self.state_dir = base / name
         self.home = self.state_dir / "vagrant.d"
         self.dotfile = self.state_dir / "dotfile"
-        self.daemons = libvirt.Daemons(self.state_dir / "logs", netns=self.netns)
+        self.daemons = libvirt.Daemons(self.state_dir / "logs", netns=self.netns, hide_kvm=driver == "qemu")
         self.timings = {}
         self._clients = {}
         self._before_config = config_files()
@@ -140,12 +141,20 @@ class VagrantCluster:
         """`vagrant ARGS` in the namespace, from the repository's root; its output goes to the state directory."""
         with open(self.state_dir / "vagrant.log", "a") as log:
             log.write(f"\n$ vagrant {' '.join(args)}\n")
-            log.flush()
+            proc = subprocess.Popen([*self.command_prefix(), "vagrant", *args], cwd=ROOT, env=self.env(),
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, errors="replace")
+            watchdog = threading.Timer(timeout, proc.kill)  # a vagrant that hangs in silence too
+            watchdog.start()
             try:
-                proc = subprocess.run([*self.command_prefix(), "vagrant", *args], cwd=ROOT, env=self.env(),
-                                      stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                      timeout=timeout)
-            except subprocess.TimeoutExpired:
+                _copy_timed(proc.stdout, log)
+            finally:
+                watchdog.cancel()
+                proc.stdout.close()
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+            if proc.returncode < 0:
                 raise LabError(f"vagrant {' '.join(args)}: no end after {timeout}s; see {self.state_dir}/vagrant.log")
         if check and proc.returncode != 0:
             raise LabError(f"vagrant {' '.join(args)}: exit {proc.returncode}:\n{self.log_tail()}")
@@ -182,19 +191,37 @@ class VagrantCluster:
         """Everything `up` made goes, whichever step it reached (see the module's docstring)."""
         self.close()
         before = self._load()
+        problems = []
         if self.daemons.started or libvirt.answers():
-            if self.home.exists():
-                self.vagrant("destroy", "-f", timeout=600, check=False)
-            libvirt.remove_new(before)
+            try:
+                if self.home.exists():
+                    self.vagrant("destroy", "-f", timeout=600, check=False)
+            except LabError as err:  # a hung destroy: libvirt's own removal below still runs
+                problems.append(str(err))
+            try:
+                libvirt.remove_new(before)
+            except LabError as err:
+                problems.append(str(err))
         survivors = self.daemons.stop()
         survivors += hostmod.stop_all([(pid, hostmod.start_time(pid)) for pid in processes_in(self.netns)], 15)
         if self.netns in network.netns_list():
             shell.run(["ip", "netns", "del", self.netns])
         for path in set(config_files()) - set(before.get("config", ())):
             Path(path).unlink(missing_ok=True)  # a definition libvirt kept on disk after all
+        self._keep_logs()
         shutil.rmtree(self.state_dir, ignore_errors=True)
         if survivors:
-            raise LabError(f"vagrant cluster {self.name!r}: processes survived SIGKILL: {survivors}")
+            problems.append(f"processes survived SIGKILL: {survivors}")
+        if problems:
+            raise LabError(f"vagrant cluster {self.name!r}: " + "; ".join(problems))
+
+    def _keep_logs(self):
+        """vagrant's output and the daemons' logs, kept in the cache past the state directory."""
+        kept = boxmod.rootfs.cache_dir() / "logs"
+        for path in [self.state_dir / "vagrant.log", *self.state_dir.glob("logs/*.log")]:
+            if path.is_file():
+                kept.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, kept / f"{self.name}-{path.name}")
 
     def leftovers(self):
         """Everything of the cluster still on this machine, by kind; empty when clean."""
@@ -220,6 +247,14 @@ class VagrantCluster:
             before = {"config": config_files()}
         self._before_config = before["config"]
         return before
+
+
+def _copy_timed(lines, log):
+    """Each line of vagrant's output into `log` after the seconds since it began."""
+    started = time.monotonic()
+    for line in lines:
+        log.write(f"[{time.monotonic() - started:6.1f}s] {line}")
+        log.flush()
 
 
 def config_files(root=LIBVIRT_CONFIG):
