@@ -63,6 +63,8 @@ def run(cluster, host, command):
 
 def test_vagrant_up_boots_the_vagrantfiles_vms_on_the_local_box(cluster):
     for host, address in cluster.hosts():
+        TIMINGS[f"{host} up for"] = float(run(cluster, host, "cut -d' ' -f1 /proc/uptime"))
+        print(f"\n{host}: " + run(cluster, host, "systemd-analyze time | head -1"), file=sys.stderr)
         assert run(cluster, host, "hostname") == host
         assert run(cluster, host, "uname -r").endswith("-cloud-amd64")
         assert f"inet {address}/24" in run(cluster, host, "ip -4 -o addr show dev eth1")
