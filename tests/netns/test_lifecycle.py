@@ -5,6 +5,7 @@ import os
 import signal
 
 import pytest
+from netns_hosts import eventually
 
 pytestmark = pytest.mark.netns
 
@@ -182,3 +183,28 @@ def test_a_flannel0_of_other_flags_is_refused_by_name_and_left_alone(cluster, ma
     assert "flannel0 exists but is not a single-queue TUN device" in a.log()
     assert link_index(a, "flannel0") == before  # not this start's to remove
     assert "cni0" not in a.links() and flannel_rules(a) == []
+
+
+def test_cni0_deleted_and_made_again_by_others_while_running(cluster, three):
+    """netavark deletes cni0 with its last container and makes it again for the
+    next one; the CNI bridge plugin makes it bare. Containers started after
+    either still reach the other hosts."""
+    a, b, _ = three
+
+    def bridge_is_back():
+        shown = a.run("ip", "-4", "addr", "show", "cni0", check=False).stdout
+        return f"inet {a.gateway}/24" in shown and ",UP" in shown
+
+    a.run("ip", "link", "del", "cni0")
+    assert eventually(bridge_is_back), a.log()
+    _, address = a.add_pod()
+    assert b.ping(address, source=b.gateway)
+
+    # As a container runtime would: it makes cni0 bare and down, unless it finds one there already.
+    a.run("sh", "-c", "ip link del cni0 && { ip link add cni0 type bridge 2>/dev/null || true; }")
+    assert eventually(bridge_is_back)
+    _, address = a.add_pod("q")
+    assert b.ping(address, source=b.gateway)
+    assert "cni0: removed by someone else" in a.log()
+    assert a.stop() == 0
+    assert "cni0" in a.links()  # the second container is still on it

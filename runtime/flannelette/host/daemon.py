@@ -25,6 +25,7 @@ from ipaddress import IPv4Address, IPv4Interface
 from typing import Callable, List, Optional, Tuple
 
 from flannelette.host import healthz, keys, metrics, notify, subnetenv
+from flannelette.host.bridgewatch import BridgeWatch
 from flannelette.host.datapath import noise, sessions
 from flannelette.host.datapath.loop import DataPath
 from flannelette.host.datapath.leases import LeaseTable
@@ -271,12 +272,20 @@ class Runtime:
         netlink.ensure_route(ipr, self.net_conf.network, index)
 
     def _bridge(self, ipr) -> None:
-        if netlink.ensure_bridge(ipr, BRIDGE_NAME):
+        if self._reconcile_bridge(ipr):
             self._made(BRIDGE_NAME, remove_idle_bridge, kernel=True)
+        watch = BridgeWatch(BRIDGE_NAME, self._reconcile_bridge)
+        watch.start()
+        self._made(f"{BRIDGE_NAME} watch", watch.stop)  # stopped first: it would make cni0 again
+
+    def _reconcile_bridge(self, ipr) -> bool:
+        """cni0 there, with the gateway and the MTU, up; whether it had to be made."""
+        made = netlink.ensure_bridge(ipr, BRIDGE_NAME)
         index = netlink.link_index(ipr, BRIDGE_NAME)
         gateway = IPv4Interface((self.own.gateway, self.own.subnet.prefixlen))
         netlink.ensure_addresses(ipr, index, [gateway])
         netlink.ensure_up(ipr, index, self.mtu)
+        return made
 
     def _rules(self) -> None:
         rules = Rules(self.net_conf.network, self.own.subnet, self.args.ip_masq, self.net_conf.enable_nftables)

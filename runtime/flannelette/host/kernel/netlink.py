@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import select
 import socket
 import sys
 import types
@@ -37,6 +38,7 @@ def _pyroute2_package() -> None:
 _pyroute2_package()
 from pyroute2.iproute.linux import IPRoute  # noqa: E402,F401  (re-exported: the one way in for callers)
 from pyroute2.netlink.exceptions import NetlinkError as KernelRefusal  # noqa: E402
+from pyroute2.netlink.rtnl import RTMGRP_LINK  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +122,19 @@ def limit_gso(ipr, index: int, size: int) -> bool:
         log.info("gso_max_size %d: %s", size, e)
         return False
     return ipr.get_links(index)[0].get_attr("IFLA_GSO_MAX_SIZE") == size
+
+
+def link_events() -> IPRoute:
+    """A netlink socket that hears every link being made, changed or removed; close it."""
+    ipr = IPRoute()
+    ipr.bind(groups=RTMGRP_LINK)
+    return ipr
+
+
+def changed_links(events, timeout: float) -> List[str]:
+    """Names of the links that changed, from what `events` heard within `timeout` seconds."""
+    ready, _, _ = select.select([events], [], [], timeout)
+    return [m.get_attr("IFLA_IFNAME") for m in events.get()] if ready else []
 
 
 def bridge_ports(ipr, index: int) -> List[str]:
