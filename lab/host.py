@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import shell, ssh
+from . import cgroup, containers, shell, ssh
 from .errors import LabError
 from .rootfs import remove_tree
 
@@ -81,18 +81,23 @@ def nspawn_command(host, root):
         f"--machine={host.netns}", f"--directory={root}",
         f"--network-namespace-path=/run/netns/{host.netns}", "--private-network",
         "--bind=/dev/net/tun", "--console=read-only", "--link-journal=no",
-        "--resolv-conf=off", "--timezone=off",
+        "--resolv-conf=off", "--timezone=off", *containers.NSPAWN_ARGS,
     ]
 
 
 def start(host, root, log_path):
-    """Boot the host detached from the caller; its console goes to `log_path`.
-    Returns (pid, start time): together they name the process even after the
-    PID is reused."""
+    """Boot the host detached from the caller, inside its own cgroup; its
+    console goes to `log_path`. Returns (pid, start time): together they name
+    the process even after the PID is reused."""
+    group = cgroup.group_of(host.netns)
+    if group is not None:
+        cgroup.create(group)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             nspawn_command(host, root), stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **containers.NSPAWN_ENV},
+            preexec_fn=(lambda: cgroup.enter(group)) if group else None,
         )
     return proc.pid, start_time(proc.pid)
 
@@ -153,7 +158,9 @@ def remove_layer(host, hdir):
 
 # Stopping: SIGTERM makes systemd-nspawn power the guest off (it sends the
 # guest's systemd SIGRTMIN+3); whatever is left after the grace period is
-# killed by PID, from a snapshot of the process tree taken before.
+# killed by PID, from a snapshot of the process tree taken before, and then
+# the host's cgroup is emptied (end_guest): that also ends what the snapshot
+# could not see, e.g. a guest whose systemd-nspawn is gone.
 
 def _stat(pid):
     """(parent pid, state, start time) of `pid`, or None when it is gone."""
@@ -206,3 +213,9 @@ def stop_all(running, timeout=30):
     while time.monotonic() < deadline and any(is_running(*p) for p in procs):
         time.sleep(0.1)
     return [pid for pid, started in procs if is_running(pid, started)]
+
+
+def end_guest(host):
+    """Kill whatever is left in the host's cgroup and remove it; return the
+    PIDs that survived."""
+    return cgroup.kill(cgroup.group_of(host.netns))

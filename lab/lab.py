@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from . import host as hostmod
-from . import inventory, network, rootfs, ssh
+from . import cgroup, inventory, network, rootfs, ssh
 from . import state as statemod
 from .errors import LabError
 from .plan import DEFAULT_HOSTS, DEFAULT_NAME, DEFAULT_NETWORK, make_plan
@@ -201,18 +201,19 @@ class Lab:
         survivors = hostmod.stop_all(
             [(e["pid"], e["started"]) for e in entries if e and e["pid"]], grace)
         for host in hosts:
+            survivors += hostmod.end_guest(host)
             hostmod.remove_layer(host, hostmod.host_dir(self.state_dir, host))
             network.remove_host_link(host)
             state["hosts"].pop(host.name, None)
         return survivors
 
     def _stray_hosts(self, state):
-        """Hosts whose namespace exists but that the state doesn't know."""
+        """Hosts whose namespace or cgroup exists but that the state doesn't know."""
         prefix = f"{self.name}-node"
-        indexes = [ns[len(prefix):] for ns in network.netns_list()
-                   if ns.startswith(prefix)]
-        return [self.plan.host(int(i)) for i in indexes
-                if i.isdigit() and f"node{i}" not in state["hosts"]]
+        found = network.netns_list() + cgroup.groups(prefix)
+        indexes = {ns[len(prefix):] for ns in found if ns.startswith(prefix)}
+        return [self.plan.host(int(i)) for i in sorted(filter(str.isdigit, indexes), key=int)
+                if f"node{i}" not in state["hosts"]]
 
     # -- state -----------------------------------------------------------
 

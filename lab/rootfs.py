@@ -15,18 +15,19 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import shell
+from . import containers, shell
 from .errors import LabError
 
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_CACHE = "/var/cache/flannelette-lab"
 # A minimal cloud image plus what an overlay host needs; iperf3 is the lab's
-# test tool for throughput across the overlay.
+# test tool for throughput across the overlay; podman and Docker for real
+# containers.
 PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "openssh-server", "python3",
     "iproute2", "iptables", "nftables", "containernetworking-plugins",
-    "iputils-ping", "iperf3",
+    "iputils-ping", "iperf3", *containers.PACKAGES,
 )
 # Units that wait for, or reach out to, a network the lab doesn't have.
 MASKED_UNITS = (
@@ -38,6 +39,9 @@ SSHD_CONFIG = "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUseDN
 # debootstrap copies the build machine's resolver in; the lab has no DNS.
 RESOLV_CONF = "# The lab has no DNS: its hosts reach each other by address.\n"
 MIN_FREE_BYTES = 1 << 30
+# A rootfs of another recipe is pruned only when no lab has used it for this
+# long: another checkout may be about to mount the one it just built.
+PRUNE_AFTER_SECONDS = 3600
 
 
 def cache_dir():
@@ -46,7 +50,8 @@ def cache_dir():
 
 def recipe_id():
     """Short hash of what goes into the rootfs: a changed recipe means a new build."""
-    recipe = "\n".join([SUITE, *PACKAGES, *MASKED_UNITS, SSHD_CONFIG, RESOLV_CONF])
+    recipe = "\n".join([SUITE, *PACKAGES, *MASKED_UNITS, SSHD_CONFIG, RESOLV_CONF,
+                        containers.recipe()])
     return hashlib.sha256(recipe.encode()).hexdigest()[:12]
 
 
@@ -92,6 +97,7 @@ def ensure(log=print):
     with locked(cache / ".lock"):
         target = rootfs_path(cache)
         if target.is_dir():
+            os.utime(target)  # in use: see _prune
             return target
         _check_free_space(cache)
         log(f"building the lab's Debian {SUITE} root filesystem in {target} "
@@ -110,12 +116,15 @@ def locked(path):
         yield
 
 
-def _prune(cache, keep):
-    """Remove root filesystems of older recipes that no running host uses."""
+def _prune(cache, keep, now=None):
+    """Remove root filesystems of other recipes that no running host uses and
+    no lab has asked for lately."""
     with open("/proc/self/mounts") as f:
         mounts = f.read()
+    idle_since = (now or time.time()) - PRUNE_AFTER_SECONDS
     for old in cache.glob(f"{SUITE}-*"):
-        if old != keep and f"lowerdir={old}," not in mounts:
+        if (old != keep and f"lowerdir={old}," not in mounts
+                and old.stat().st_mtime < idle_since):
             remove_tree(old)
 
 
@@ -181,6 +190,7 @@ def configure(root):
     (root / "etc/hostname").unlink(missing_ok=True)
     for deb in (root / "var/cache/apt/archives").glob("*.deb"):
         deb.unlink()
+    containers.configure(root)
 
 
 def mounts_under(path):
