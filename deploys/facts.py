@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from importlib import resources
 from typing import Optional
 
@@ -162,3 +163,20 @@ def parse_public_key(lines) -> Optional[str]:
     """The key, or "unavailable: why" when the host can't encrypt; None when nothing came back."""
     lines = [line.strip() for line in lines if line.strip()]
     return lines[-1] if lines else None
+
+
+class FileText(FactBase):
+    """A file's exact text (every byte, the last newline or its absence too), or None when there is no file."""
+
+    def command(self, path: str) -> str:
+        return f"test -f {quote(path)} || exit 0; echo present; base64 -w0 {quote(path)}; echo"
+
+    def process(self, output) -> Optional[str]:
+        return parse_file_text(output)
+
+
+def parse_file_text(lines) -> Optional[str]:
+    lines = [line.strip() for line in lines]
+    if not lines or lines[0] != "present":
+        return None
+    return base64.b64decode("".join(lines[1:])).decode()

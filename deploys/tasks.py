@@ -9,6 +9,7 @@ interface are read, not changed, before its first operation.
 from __future__ import annotations
 
 import os
+import posixpath
 import sys
 from io import StringIO
 from pathlib import Path
@@ -22,7 +23,7 @@ from pyinfra.context import ctx_host, ctx_state
 from pyinfra.facts.files import File, FileContents
 from pyinfra.operations import files, server, systemd
 
-from flannelette.deploy import bundle, facts, ops, pyz_main, render
+from flannelette.deploy import bundle, facts, ops, pyz_main, render, runtimes
 from flannelette.deploy.render import (
     COMMAND, CONF_DIR, CONFLIST, LEASES, NET_CONF, PRIVATE_KEY, PSK, PYZ, SYSCTL, UNIT, UNIT_NAME,
 )
@@ -44,6 +45,7 @@ BYTECODE_CACHE = "/var/cache/flannelette"
 # deepest first.
 CREATED_DIRS = (
     "/etc/cni/net.d", "/etc/cni", "/var/lib/cni/networks", "/var/lib/cni",
+    posixpath.dirname(runtimes.PODMAN_NETWORK), posixpath.dirname(runtimes.DOCKER_DROPIN),
     os.path.dirname(PYZ), CONF_DIR, STATE_DIR,
 )
 
@@ -208,6 +210,7 @@ def install(inventory_file: Optional[str] = None, runtime: Optional[Path] = None
     plan = load_plan(path=inventory_file)
     python = require_python3()
     mtu = overlay_mtu(plan)
+    container_runtimes = require_container_runtimes()
     on_host = host.get_fact(facts.FileStates, paths=WRITTEN_FILES)  # once: each file below is compared by hash
     runtime_op = install_runtime(runtime or bundle.build_once(), on_host)
     net_conf, leases = write_config(plan, on_host)
@@ -228,6 +231,19 @@ def install(inventory_file: Optional[str] = None, runtime: Optional[Path] = None
         running=True,
         enabled=True,
     )
+    runtimes.configure(container_runtimes, plan.lease_for(host.name), mtu, STATE_DIR)
+
+
+def require_container_runtimes() -> tuple:
+    """The runtimes of flannel_container_runtime, each installed here, or a DeployError naming the host."""
+    wanted = runtimes.wanted(host.data)
+    try:
+        runtimes.require_installed(wanted)
+        if "docker" in wanted:
+            runtimes.current_daemon_json()
+    except ValueError as error:
+        raise DeployError(f"no host was changed:\n{error}") from None
+    return wanted
 
 
 # Every file install() writes, read from the host in one command before the first operation.
@@ -306,6 +322,7 @@ def remove():
     files.directory(name=f"Remove {CNI_ALLOCATIONS} (host-local's addresses)", path=CNI_ALLOCATIONS, present=False)
     files.directory(name=f"Remove {BYTECODE_CACHE} (the runtime's bytecode)", path=BYTECODE_CACHE, present=False)
     restore_ip_forward()
+    runtimes.remove(STATE_DIR)
     ops.remove_empty_dirs(name="Remove the directories the deploy created, if empty", paths=CREATED_DIRS)
 
 

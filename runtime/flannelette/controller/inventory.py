@@ -28,6 +28,7 @@ HOST_DEFAULTS = {
     "flannel_ip_masq": True,
     "flannel_wire": WIRE_FLANNELETTE,
     "flannel_inventory": None,  # the inventory file pyinfra loaded
+    "flannel_container_runtime": "cni",  # or podman, docker, or a list of them
 }
 
 
