@@ -6,11 +6,8 @@ import shutil
 
 import pytest
 
+from e2e_labs import E2E_LAB_NAME, E2E_LAB_NETWORK
 from lab import Lab
-
-# Overridable, so that two checkouts' e2e tiers can run on one machine at once.
-E2E_LAB_NAME = os.environ.get("FLANNELETTE_E2E_LAB", "e2e")
-E2E_LAB_NETWORK = os.environ.get("FLANNELETTE_E2E_NETWORK", "192.168.58.0/24")
 
 
 def missing_for_lab():

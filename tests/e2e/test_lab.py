@@ -1,12 +1,16 @@
 """The lab itself: booted hosts that reach each other and nothing else, and a
 `down` that leaves nothing behind."""
 
+import ipaddress
 import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
+from e2e_labs import E2E_SCRATCH_NETWORK, scratch_lab_name
 
-from lab import Lab, LabError
+from lab import Lab, LabError, cgroup
 from lab import host as hostmod
 from lab import network, ssh
 
@@ -21,8 +25,29 @@ MAKE_TUN = (
 )
 
 
-def quiet_lab(name, network):
-    return Lab(name=name, network=network, log=lambda _: None)
+def quiet_lab(suffix, **kwargs):
+    return Lab(name=scratch_lab_name(suffix), network=E2E_SCRATCH_NETWORK,
+               log=lambda _: None, **kwargs)
+
+
+def address(index):
+    """The scratch network's address .`index`."""
+    return str(ipaddress.IPv4Network(E2E_SCRATCH_NETWORK)[index])
+
+
+def guest_processes(lab):
+    """PIDs in the lab's host cgroups, or whose root directory is one of its
+    hosts': a guest's processes by what the kernel says, not by name."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            groups = (entry / "cgroup").read_text() if entry.name.isdigit() else ""
+            root = os.readlink(entry / "root") if groups else ""
+        except OSError:  # gone while we looked
+            continue
+        if f"/{cgroup.PARENT}/{lab.name}-" in groups or root.startswith(f"{lab.state_dir}/"):
+            found.append(int(entry.name))
+    return found
 
 
 def leftovers(lab, pids):
@@ -37,6 +62,8 @@ def leftovers(lab, pids):
                    or f"flannelette-lab-{prefix}" in m],
         "processes": [pid for pid, started in pids
                       if hostmod.is_running(pid, started)],
+        "guest processes": guest_processes(lab),
+        "cgroups": cgroup.groups(prefix),
         "state": [str(lab.state_dir)] if lab.state_dir.exists() else [],
         "nspawn": [p.name for p in Path("/run/systemd/nspawn/propagate").glob(
             prefix + "*")],
@@ -45,17 +72,17 @@ def leftovers(lab, pids):
 
 
 def test_three_hosts_boot_reach_each_other_and_nothing_else():
-    lab = quiet_lab("labtest", "192.168.57.0/24")
+    lab = quiet_lab("t")
     pids = []
     try:
         hosts = lab.up(hosts=3)
         pids = [(pid, started) for _, pid, started in lab.processes()]
-        assert hosts == [("node1", "192.168.57.11"), ("node2", "192.168.57.12"),
-                         ("node3", "192.168.57.13")]
+        assert hosts == [("node1", address(11)), ("node2", address(12)),
+                         ("node3", address(13))]
         assert len(pids) == 3
         for name, address in hosts:
             check_host(lab, name, address, hosts)
-        assert "'ssh_hostname': '192.168.57.12'" in lab.inventory_path.read_text()
+        assert f"'ssh_hostname': '{address(12)}'" in lab.inventory_path.read_text()
     finally:
         lab.down()
     assert leftovers(lab, pids) == {}
@@ -72,7 +99,7 @@ def check_host(lab, name, address, hosts):
         assert run("hostname").stdout.strip() == name
         tun = run(MAKE_TUN)
         assert tun.stdout.strip() == "tun ok", f"{name}: {tun.stderr}"
-        for peer, peer_address in hosts + [("lab machine", "192.168.57.1")]:
+        for peer, peer_address in hosts + [("lab machine", address(1))]:
             ping = run(f"ping -c1 -W2 {peer_address}")
             assert ping.returncode == 0, f"{name} cannot reach {peer}: {ping.stdout}"
         assert run("ip -4 route show default").stdout.strip() == ""
@@ -83,18 +110,18 @@ def check_host(lab, name, address, hosts):
 
 
 def test_up_again_changes_nothing_and_more_hosts_are_added():
-    lab = quiet_lab("labgrow", "192.168.62.0/24")
+    lab = quiet_lab("g")
     pids = []
     try:
         lab.up(hosts=2)
         before = lab.processes()
         pids = [(pid, started) for _, pid, started in before]
-        assert lab.up(hosts=2) == [("node1", "192.168.62.11"), ("node2", "192.168.62.12")]
+        assert lab.up(hosts=2) == [("node1", address(11)), ("node2", address(12))]
         assert lab.processes() == before
         lab.up(hosts=3)
         pids = [(pid, started) for _, pid, started in lab.processes()]
         assert [p for p in lab.processes() if p[0] != "node3"] == before
-        assert lab.run("node3", ["ping", "-c1", "-W2", "192.168.62.11"]).returncode == 0
+        assert lab.run("node3", ["ping", "-c1", "-W2", address(11)]).returncode == 0
         assert [ok for _, _, ok in lab.status()] == [True, True, True]
     finally:
         lab.down()
@@ -102,8 +129,7 @@ def test_up_again_changes_nothing_and_more_hosts_are_added():
 
 
 def test_a_host_that_does_not_boot_in_time_leaves_nothing_behind():
-    lab = Lab(name="labfail", network="192.168.63.0/24", boot_timeout=0,
-              log=lambda _: None)
+    lab = quiet_lab("f", boot_timeout=0)
     with pytest.raises(LabError, match="node1: sshd did not answer"):
         lab.up(hosts=1)
     assert leftovers(lab, []) == {}
@@ -112,7 +138,7 @@ def test_a_host_that_does_not_boot_in_time_leaves_nothing_behind():
 def test_a_failed_debootstrap_leaves_no_rootfs(tmp_path, monkeypatch):
     monkeypatch.setenv("FLANNELETTE_LAB_CACHE", str(tmp_path))
     monkeypatch.setenv("FLANNELETTE_LAB_MIRROR", "http://127.0.0.1:9/debian")
-    lab = quiet_lab("labdeb", "192.168.64.0/24")
+    lab = quiet_lab("d")
     with pytest.raises(LabError, match="debootstrap failed"):
         lab.up(hosts=1)
     assert sorted(os.listdir(tmp_path)) == [".lock", "debootstrap.log"]
@@ -124,3 +150,19 @@ def test_the_shared_lab_fixture_is_three_booted_hosts(lab):
     assert lab.run("node3", "systemctl is-system-running --wait").stdout.strip() in (
         "running", "degraded")
     assert lab.inventory_path.parent == lab.state_dir
+
+
+def test_down_ends_a_guest_whose_systemd_nspawn_was_killed():
+    """Killed, systemd-nspawn leaves its guest running, reparented to PID 1
+    in a namespace of its own: the host's cgroup still holds it."""
+    lab = quiet_lab("k")
+    try:
+        lab.up(hosts=1)
+        [(_, pid, started)] = lab.processes()
+        os.kill(pid, signal.SIGKILL)
+        while hostmod.is_running(pid, started):
+            time.sleep(0.1)
+        assert guest_processes(lab) != []
+    finally:
+        lab.down()
+    assert leftovers(lab, []) == {}
