@@ -30,7 +30,7 @@ def quiet_lab(suffix, **kwargs):
                log=lambda _: None, **kwargs)
 
 
-def address(index):
+def scratch_address(index):
     """The scratch network's address .`index`."""
     return str(ipaddress.IPv4Network(E2E_SCRATCH_NETWORK)[index])
 
@@ -77,12 +77,12 @@ def test_three_hosts_boot_reach_each_other_and_nothing_else():
     try:
         hosts = lab.up(hosts=3)
         pids = [(pid, started) for _, pid, started in lab.processes()]
-        assert hosts == [("node1", address(11)), ("node2", address(12)),
-                         ("node3", address(13))]
+        assert hosts == [("node1", scratch_address(11)), ("node2", scratch_address(12)),
+                         ("node3", scratch_address(13))]
         assert len(pids) == 3
         for name, address in hosts:
             check_host(lab, name, address, hosts)
-        assert f"'ssh_hostname': '{address(12)}'" in lab.inventory_path.read_text()
+        assert f"'ssh_hostname': '{scratch_address(12)}'" in lab.inventory_path.read_text()
     finally:
         lab.down()
     assert leftovers(lab, pids) == {}
@@ -99,7 +99,7 @@ def check_host(lab, name, address, hosts):
         assert run("hostname").stdout.strip() == name
         tun = run(MAKE_TUN)
         assert tun.stdout.strip() == "tun ok", f"{name}: {tun.stderr}"
-        for peer, peer_address in hosts + [("lab machine", address(1))]:
+        for peer, peer_address in hosts + [("lab machine", scratch_address(1))]:
             ping = run(f"ping -c1 -W2 {peer_address}")
             assert ping.returncode == 0, f"{name} cannot reach {peer}: {ping.stdout}"
         assert run("ip -4 route show default").stdout.strip() == ""
@@ -116,12 +116,12 @@ def test_up_again_changes_nothing_and_more_hosts_are_added():
         lab.up(hosts=2)
         before = lab.processes()
         pids = [(pid, started) for _, pid, started in before]
-        assert lab.up(hosts=2) == [("node1", address(11)), ("node2", address(12))]
+        assert lab.up(hosts=2) == [("node1", scratch_address(11)), ("node2", scratch_address(12))]
         assert lab.processes() == before
         lab.up(hosts=3)
         pids = [(pid, started) for _, pid, started in lab.processes()]
         assert [p for p in lab.processes() if p[0] != "node3"] == before
-        assert lab.run("node3", ["ping", "-c1", "-W2", address(11)]).returncode == 0
+        assert lab.run("node3", ["ping", "-c1", "-W2", scratch_address(11)]).returncode == 0
         assert [ok for _, _, ok in lab.status()] == [True, True, True]
     finally:
         lab.down()
