@@ -73,8 +73,9 @@ def render_unit(python: str, public_ip, iface=None, ip_masq: bool = True, privat
     )
 
 
-def render_conflist(lease: Lease, mtu: int) -> str:
-    """The CNI network: containers on cni0, addresses from the host's subnet."""
+def render_conflist(lease: Lease, mtu: int, shared: bool = False) -> str:
+    """The CNI network: containers on cni0, addresses from the host's subnet; from its first half only when
+    the subnet is `shared` with podman's and Docker's allocators (allocation_slices)."""
     subnet = lease.subnet
     return _render(
         "10-flannelette.conflist.j2",
@@ -83,8 +84,26 @@ def render_conflist(lease: Lease, mtu: int) -> str:
         subnet=subnet,
         gateway=lease.gateway,
         range_start=lease.gateway + 1,
-        range_end=subnet.broadcast_address - 1,
+        range_end=allocation_slices(subnet)["cni"][-1] if shared else subnet.broadcast_address - 1,
     )
+
+
+def allocation_slices(subnet) -> dict:
+    """{allocator: its addresses} within one host's subnet. host-local (CNI), netavark (podman) and Docker each
+    hand out addresses on their own: on one cni0 they must draw from ranges that never meet. CNI gets the
+    first half, podman the third quarter, Docker the last (a CIDR: Docker's fixed-cidr)."""
+    halves = list(subnet.subnets(prefixlen_diff=1))
+    quarters = list(halves[1].subnets(prefixlen_diff=1))
+    return {
+        "cni": range_of(halves[0], first=2),
+        "podman": range_of(quarters[0]),
+        "docker": quarters[1],
+    }
+
+
+def range_of(network, first: int = 0) -> tuple:
+    """(first, last) address of `network`, from its address number `first`."""
+    return network[first], network[-1]
 
 
 def render_sysctl() -> str:

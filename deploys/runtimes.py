@@ -19,6 +19,7 @@ from pyinfra.facts.server import Which
 from pyinfra.operations import files, systemd
 
 from flannelette.deploy import ops
+from flannelette.deploy.render import allocation_slices
 from flannelette.deploy.facts import FileText
 
 RUNTIMES = ("cni", "podman", "docker")
@@ -31,6 +32,7 @@ DOCKER_DROPIN = "/etc/systemd/system/docker.service.d/flannelette.conf"
 DOCKER_DROPIN_TEXT = "[Unit]\n# cni0, Docker's bridge, is made by flannelette\nWants=flannelette.service\nAfter=flannelette.service\n"
 # The program that says the runtime is installed, and its Debian package.
 COMMANDS = {"podman": ("podman", "podman"), "docker": ("dockerd", "docker.io")}
+DOCKER_KEYS = ("bridge", "mtu", "fixed-cidr")
 # Docker refuses "bip" beside "bridge": the bridge's own address is the gateway.
 DOCKER_CONFLICTS = ("bip",)
 
@@ -43,13 +45,15 @@ def wanted(data) -> tuple:
 
 
 def render_podman_network(subnet, gateway, mtu: int) -> str:
-    """podman's network file, as `podman network create` writes it, on cni0."""
+    """podman's network file, as `podman network create` writes it, on cni0, leasing from podman's slice."""
+    start, end = allocation_slices(subnet)["podman"]
     network = {
         "name": NETWORK_NAME,
         "id": hashlib.sha256(NETWORK_NAME.encode()).hexdigest(),
         "driver": "bridge",
         "network_interface": BRIDGE,
-        "subnets": [{"subnet": str(subnet), "gateway": str(gateway)}],
+        "subnets": [{"subnet": str(subnet), "gateway": str(gateway),
+                     "lease_range": {"start_ip": str(start), "end_ip": str(end)}}],
         "ipv6_enabled": False,
         "internal": False,
         "dns_enabled": False,
@@ -59,8 +63,9 @@ def render_podman_network(subnet, gateway, mtu: int) -> str:
     return json.dumps(network, indent=5) + "\n"
 
 
-def docker_keys(mtu: int) -> dict:
-    return {"bridge": BRIDGE, "mtu": mtu}
+def docker_keys(mtu: int, subnet) -> dict:
+    """What the deploy sets in daemon.json (DOCKER_KEYS); fixed-cidr: Docker's slice of the subnet."""
+    return dict(zip(DOCKER_KEYS, (BRIDGE, mtu, str(allocation_slices(subnet)["docker"]))))
 
 
 def parse_daemon_json(text: Optional[str], where: str) -> dict:
@@ -80,15 +85,15 @@ def parse_daemon_json(text: Optional[str], where: str) -> dict:
     return settings
 
 
-def merge_daemon_json(settings: dict, mtu: int) -> str:
-    return json.dumps({**settings, **docker_keys(mtu)}, indent=2) + "\n"
+def merge_daemon_json(settings: dict, mtu: int, subnet) -> str:
+    return json.dumps({**settings, **docker_keys(mtu, subnet)}, indent=2) + "\n"
 
 
 def unmerge_daemon_json(now: dict, before_text: Optional[str]) -> Optional[str]:
     """daemon.json after teardown: the deploy's keys taken out or put back as they were, the operator's later
     changes kept; the original bytes when nothing else changed; None when there was no file and nothing is left."""
     before = json.loads(before_text) if (before_text or "").strip() else {}
-    ours = docker_keys(0)
+    ours = DOCKER_KEYS
     restored = {k: v for k, v in now.items() if k not in ours}
     restored.update({k: before[k] for k in ours if k in before})
     if restored == before:
@@ -144,8 +149,9 @@ def configure(runtimes, lease, mtu: int, state_dir: str) -> None:
         remember(DOCKER_DAEMON_JSON, state_dir)
         dropin = ops.put_atomic(name=f"Start Docker after flannelette ({DOCKER_DROPIN})",
                                 src=StringIO(DOCKER_DROPIN_TEXT), dest=DOCKER_DROPIN)
-        daemon_json = ops.put_atomic(name=f'Set "bridge": "{BRIDGE}", "mtu": {mtu} in {DOCKER_DAEMON_JSON}',
-                                     src=StringIO(merge_daemon_json(settings, mtu)), dest=DOCKER_DAEMON_JSON)
+        daemon_json = ops.put_atomic(name=f'Set "bridge": "{BRIDGE}", "mtu": {mtu}, "fixed-cidr" in {DOCKER_DAEMON_JSON}',
+                                     src=StringIO(merge_daemon_json(settings, mtu, lease.subnet)),
+                                     dest=DOCKER_DAEMON_JSON)
         systemd.daemon_reload(name="Read Docker's drop-in", _if=dropin.did_change)
         systemd.service(name="Restart Docker on its new bridge", service="docker", restarted=True,
                         _if=daemon_json.did_change)

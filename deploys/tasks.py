@@ -36,6 +36,8 @@ from flannelette.model.plan import Plan
 # teardown can put the host's setting back as it found it.
 STATE_DIR = "/var/lib/flannelette"
 IP_FORWARD_BEFORE = f"{STATE_DIR}/ip_forward.before"
+# Which of CREATED_DIRS the host had before the first deploy: teardown leaves those.
+DIRS_BEFORE = f"{STATE_DIR}/dirs.before"
 PSK_VARIABLE = "FLANNELETTE_PSK"  # the network's preshared key, from the operator's secret store
 # host-local keeps the addresses it handed out here, one directory per network.
 CNI_ALLOCATIONS = "/var/lib/cni/networks/flannelette"
@@ -216,8 +218,9 @@ def install(inventory_file: Optional[str] = None, runtime: Optional[Path] = None
     net_conf, leases = write_config(plan, on_host)
     psk = write_psk(plan, on_host)
     unit = write_unit(plan, python, on_host, psk is not None)
-    write_host_files(plan, mtu, on_host)
+    write_host_files(plan, mtu, on_host, container_runtimes)
     remember_ip_forward(on_host)
+    remember_dirs(on_host)
     ops.unit_follows(
         name="Restart flannelette if the runtime, net-conf or unit changed, else reload it if leases changed",
         service=UNIT_NAME,
@@ -247,7 +250,7 @@ def require_container_runtimes() -> tuple:
 
 
 # Every file install() writes, read from the host in one command before the first operation.
-WRITTEN_FILES = (PYZ, NET_CONF, LEASES, PSK, UNIT, SYSCTL, CONFLIST, IP_FORWARD_BEFORE)
+WRITTEN_FILES = (PYZ, NET_CONF, LEASES, PSK, UNIT, SYSCTL, CONFLIST, IP_FORWARD_BEFORE, DIRS_BEFORE)
 
 
 def put(name: str, src, dest: str, on_host: dict, mode: str = "644"):
@@ -283,9 +286,10 @@ def write_unit(plan: Plan, python: str, on_host: dict, psk: bool = False):
     return put(f"Write {UNIT}", StringIO(text), UNIT, on_host)
 
 
-def write_host_files(plan: Plan, mtu: int, on_host: dict) -> None:
+def write_host_files(plan: Plan, mtu: int, on_host: dict, container_runtimes=("cni",)) -> None:
     put(f"Persist IPv4 forwarding in {SYSCTL}", StringIO(render.render_sysctl()), SYSCTL, on_host)
-    conflist = render.render_conflist(plan.lease_for(host.name), mtu)
+    shared = container_runtimes != ("cni",)  # another allocator on cni0: CNI keeps to its slice
+    conflist = render.render_conflist(plan.lease_for(host.name), mtu, shared)
     put(f"Write the CNI network {CONFLIST} (MTU {mtu})", StringIO(conflist), CONFLIST, on_host)
 
 
@@ -295,6 +299,14 @@ def remember_ip_forward(on_host: dict) -> None:
         found = (host.get_fact(FileContents, path=IP_FORWARD) or ["0"])[0].strip()
         put(f"Remember IPv4 forwarding as found ({found}), for teardown", StringIO(found + "\n"), IP_FORWARD_BEFORE,
             on_host)
+
+
+def remember_dirs(on_host: dict) -> None:
+    """Record, once, which of the directories a deploy may create the host had already."""
+    if DIRS_BEFORE not in on_host:
+        found = host.get_fact(facts.DirectoryEntries, paths=list(CREATED_DIRS))
+        put("Remember which directories were there, for teardown",
+            StringIO("".join(f"{path}\n" for path in CREATED_DIRS if path in found)), DIRS_BEFORE, on_host)
 
 
 # -- teardown ----------------------------------------------------------------------
@@ -323,7 +335,10 @@ def remove():
     files.directory(name=f"Remove {BYTECODE_CACHE} (the runtime's bytecode)", path=BYTECODE_CACHE, present=False)
     restore_ip_forward()
     runtimes.remove(STATE_DIR)
-    ops.remove_empty_dirs(name="Remove the directories the deploy created, if empty", paths=CREATED_DIRS)
+    existed = set(host.get_fact(FileContents, path=DIRS_BEFORE) or [])
+    files.file(name=f"Remove {DIRS_BEFORE}", path=DIRS_BEFORE, present=False)
+    ops.remove_empty_dirs(name="Remove the directories the deploy created, if empty",
+                          paths=[path for path in CREATED_DIRS if path not in existed])
 
 
 def restore_ip_forward() -> None:
