@@ -1,11 +1,12 @@
-"""`make demo`: a 3-host lab, the overlay deployed on it, one container-like
-network namespace per host attached by the CNI bridge plugin, and a matrix of
-who reaches whom.
+"""`make demo`: a 3-host lab, the overlay deployed on it, real containers (a
+podman one on node1, a Docker one on node2) and one network namespace per host
+attached by the CNI bridge plugin, and a matrix of who reaches whom (ping and
+a TCP connection).
 
     python -m lab.demo [--hosts N]
 
 A second run reuses the running lab, deploys again (no changes) and reuses
-the namespaces. `python -m lab down` removes the lab and everything in it.
+the namespaces and containers. `python -m lab down` removes the lab and everything in it.
 The helpers here (attach, reachability) serve the end-to-end tests too.
 """
 
@@ -18,9 +19,13 @@ import sys
 import time
 from pathlib import Path
 
+from . import workloads
+
 ROOT = Path(__file__).resolve().parent.parent
 CNICHAIN = ROOT / "deploys" / "cnichain.py"
 NETNS = "demo"
+# The real containers of the demo: which host runs which runtime's.
+DEMO_RUNTIMES = {"node1": "podman", "node2": "docker"}
 
 
 def deploy(inventory: str, script: str = "deploys/overlay.py", *extra: str, prefix=()) -> subprocess.CompletedProcess:
@@ -125,6 +130,7 @@ def main(argv=None) -> int:
     started = time.monotonic()
     print(f"== lab {args.name!r}: {args.hosts} hosts (a running lab is reused)")
     lab.up(hosts=args.hosts)
+    with_runtimes(inventory, DEMO_RUNTIMES)
     allocate(inventory)
     print(f"== pyinfra -y {inventory} deploys/overlay.py")
     run = deploy(inventory)
@@ -132,16 +138,47 @@ def main(argv=None) -> int:
         print(run.stdout[-3000:], run.stderr[-3000:], sep="\n", file=sys.stderr)
         return 1
     print(_summary(run.stdout + run.stderr))
-    print("== one namespace per host, attached by the CNI bridge plugin via /etc/cni/net.d/10-flannelette.conflist")
-    addresses = {host: attach(lab, host) for host, _ in lab.hosts()}
-    print("== who reaches whom (ping from each namespace to the others, across the overlay)\n")
-    reached = reachability(lab, addresses)
-    print(render_matrix(addresses, reached))
+    print("== a busybox container per runtime (" + ", ".join(f"{r} on {h}" for h, r in DEMO_RUNTIMES.items())
+          + "), and on every host a namespace attached through /etc/cni/net.d/10-flannelette.conflist")
+    running = demo_workloads(lab)
+    print("== who reaches whom (ping, and a TCP connection to each one's listener), across the overlay\n")
+    reached = workloads.matrix(lab, running)
+    print(render_workload_matrix(running, reached))
+    addresses = {w.host: w.address for w in running if w.runtime == "cni"}
     lab_args = "" if args.name == "lab" else f" --name {args.name} --network {args.network}"
     print(f"\ndone in {time.monotonic() - started:.0f}s. Look around: "
           f"python -m lab{lab_args} ssh node1 -- ip netns exec {NETNS} ping -c 3 {addresses[lab.hosts()[-1][0]]}\n"
           f"Remove it all: python -m lab{lab_args} down{_forget(inventory, args.name)}")
-    return 0 if all(reached.values()) else 1
+    return 0 if all(all(r.values()) for r in reached.values()) else 1
+
+
+def with_runtimes(inventory: str, runtimes: dict) -> None:
+    """Give hosts of a lab's inventory their flannel_container_runtime ({host: runtime}); the others keep cni."""
+    path = ROOT / inventory
+    text = path.read_text().split("\n# container runtimes\n")[0]
+    path.write_text(text + "\n# container runtimes\nfor _name, _data in nodes:\n"
+                    f"    _data['flannel_container_runtime'] = {runtimes!r}.get(_name, 'cni')\n")
+
+
+def demo_workloads(lab) -> list:
+    """The demo's containers (started unless running) and namespaces, in the matrix's order."""
+    hosts = [name for name, _ in lab.hosts()]
+    running = [workloads.ensure_container(lab, h, r, f"demo-{r}") for h, r in DEMO_RUNTIMES.items() if h in hosts]
+    return running + [workloads.attach_namespace(lab, h, NETNS) for h in hosts]
+
+
+def render_workload_matrix(running: list, reached: dict) -> str:
+    """Rows and columns numbered, each labelled with its host, runtime and address; ok: ping and TCP."""
+    width = max(len(w.label) for w in running) + 6
+    lines = ["from \\ to".ljust(width) + "".join(f"{i:<6}" for i in range(1, len(running) + 1))]
+    for i, source in enumerate(running, 1):
+        cells = []
+        for target in running:
+            result = reached.get((source.label, target.label))
+            cells.append("-" if result is None else "ok" if all(result.values()) else
+                         "ping" if result["ping"] else "NO")
+        lines.append(f"{i}  {source.label}".ljust(width) + "".join(f"{c:<6}" for c in cells))
+    return "\n".join(lines + ["", "ok: ping and TCP; ping: ping only; NO: neither"])
 
 
 def _forget(inventory: str, name: str) -> str:

@@ -47,6 +47,14 @@ def start_container(lab, host: str, runtime: str, name: str) -> Workload:
     return Workload(host, runtime, name, _container_address(lab, host, runtime, name))
 
 
+def ensure_container(lab, host: str, runtime: str, name: str) -> Workload:
+    """The running container `name`, started first unless it runs already."""
+    if lab.run(host, f"{runtime} exec {name} true").returncode != 0:
+        remove_container(lab, host, runtime, name)
+        return start_container(lab, host, runtime, name)
+    return Workload(host, runtime, name, _container_address(lab, host, runtime, name))
+
+
 def remove_container(lab, host: str, runtime: str, name: str) -> None:
     lab.run(host, f"{runtime} rm -f {name} >/dev/null 2>&1; true")
 

@@ -39,9 +39,8 @@ class Fleet:
         for host, command in OPERATOR_SETUP.items():
             self.run(host, command)
         self.before = {host: self.run(host, RUNTIME_FILES) for host in RUNTIME}
-        text = self.lab.inventory_path.read_text()
-        self.inventory.write_text(text + f"for _name, _data in nodes:\n    _data['flannel_container_runtime'] = "
-                                         f"{RUNTIME!r}[_name]\n")
+        shutil.copy(self.lab.inventory_path, self.inventory)
+        demo.with_runtimes(str(self.inventory), RUNTIME)
         demo.allocate(str(self.inventory))
 
     def deploy(self, script):
