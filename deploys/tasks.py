@@ -37,7 +37,10 @@ from flannelette.model.plan import Plan
 STATE_DIR = "/var/lib/flannelette"
 IP_FORWARD_BEFORE = f"{STATE_DIR}/ip_forward.before"
 # Which of CREATED_DIRS the host had before the first deploy: teardown leaves those.
+# flannelette's own directories are not recorded: the key fact makes CONF_DIR
+# before any record could be taken.
 DIRS_BEFORE = f"{STATE_DIR}/dirs.before"
+OWN_DIRS = (os.path.dirname(PYZ), CONF_DIR, STATE_DIR)
 PSK_VARIABLE = "FLANNELETTE_PSK"  # the network's preshared key, from the operator's secret store
 # host-local keeps the addresses it handed out here, one directory per network.
 CNI_ALLOCATIONS = "/var/lib/cni/networks/flannelette"
@@ -48,7 +51,7 @@ BYTECODE_CACHE = "/var/cache/flannelette"
 CREATED_DIRS = (
     "/etc/cni/net.d", "/etc/cni", "/var/lib/cni/networks", "/var/lib/cni",
     posixpath.dirname(runtimes.PODMAN_NETWORK), posixpath.dirname(runtimes.DOCKER_DROPIN),
-    os.path.dirname(PYZ), CONF_DIR, STATE_DIR,
+    *OWN_DIRS,
 )
 
 
@@ -306,7 +309,8 @@ def remember_dirs(on_host: dict) -> None:
     if DIRS_BEFORE not in on_host:
         found = host.get_fact(facts.DirectoryEntries, paths=list(CREATED_DIRS))
         put("Remember which directories were there, for teardown",
-            StringIO("".join(f"{path}\n" for path in CREATED_DIRS if path in found)), DIRS_BEFORE, on_host)
+            StringIO("".join(f"{path}\n" for path in CREATED_DIRS if path in found and path not in OWN_DIRS)),
+            DIRS_BEFORE, on_host)
 
 
 # -- teardown ----------------------------------------------------------------------
@@ -335,10 +339,11 @@ def remove():
     files.directory(name=f"Remove {BYTECODE_CACHE} (the runtime's bytecode)", path=BYTECODE_CACHE, present=False)
     restore_ip_forward()
     runtimes.remove(STATE_DIR)
-    existed = set(host.get_fact(FileContents, path=DIRS_BEFORE) or [])
+    record = host.get_fact(FileContents, path=DIRS_BEFORE)
     files.file(name=f"Remove {DIRS_BEFORE}", path=DIRS_BEFORE, present=False)
-    ops.remove_empty_dirs(name="Remove the directories the deploy created, if empty",
-                          paths=[path for path in CREATED_DIRS if path not in existed])
+    # Without a record (torn down already, or never deployed) only flannelette's own directories are its.
+    created = OWN_DIRS if record is None else [path for path in CREATED_DIRS if path not in record]
+    ops.remove_empty_dirs(name="Remove the directories the deploy created, if empty", paths=created)
 
 
 def restore_ip_forward() -> None:
