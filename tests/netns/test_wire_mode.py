@@ -19,7 +19,9 @@ pytestmark = pytest.mark.netns
 def tcp_and_udp(cluster, a, b, seconds=3):
     """A TCP stream and a UDP stream from a's cni0 to b's; their iperf3 ends."""
     results = {}
-    for name, extra in (("tcp", []), ("udp", ["-u", "-b", "300M", "-l", "1400"])):
+    # UDP is offered at a rate the runtime carries with a core to spare: the loss
+    # measured is the wire's and the format's, not a busy machine's.
+    for name, extra in (("tcp", []), ("udp", ["-u", "-b", "100M", "-l", "1400"])):
         server = cluster.spawn(b.ns, "iperf3", "-s", "-1", "-B", b.gateway)
         assert cluster.ping(a.ns, b.gateway)
         out = a.run("iperf3", "-c", b.gateway, "-B", a.gateway, "-t", str(seconds), "-J", *extra,
