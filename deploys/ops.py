@@ -25,7 +25,8 @@ UNREAD = object()  # put_atomic's `remote` when the caller has not read the host
 def put_atomic(src, dest: str, mode: str = "644", remote=UNREAD):
     """Upload `src` (a path or a file-like object) to `dest` unless it already matches.
 
-    The new content goes to a temporary file beside `dest` and is renamed over it.
+    The new content goes to a temporary file beside `dest`, made with `mode`
+    first, and is renamed over it.
     `remote` is what the host holds at `dest` ({"mode", "sha256"} from a
     FileStates fact read once for all of a host's files, None: nothing); read
     here when not given.
@@ -38,7 +39,9 @@ def put_atomic(src, dest: str, mode: str = "644", remote=UNREAD):
         return
     if not same_content:
         tmp = posixpath.join(posixpath.dirname(dest), f".{posixpath.basename(dest)}.tmp")
-        yield StringCommand("mkdir", "-p", posixpath.dirname(dest))
+        # The temporary file has its mode before it has content: a key is never readable by others, even briefly
+        # (the upload keeps the mode of the file it overwrites).
+        yield StringCommand("mkdir", "-p", posixpath.dirname(dest), "&&", "install", "-m", mode, "/dev/null", tmp)
         yield FileUploadCommand(src, tmp)
         yield StringCommand("chmod", mode, tmp, "&&", "mv", "-f", tmp, dest)
     else:
