@@ -42,6 +42,7 @@ IP_FORWARD_BEFORE = f"{STATE_DIR}/ip_forward.before"
 DIRS_BEFORE = f"{STATE_DIR}/dirs.before"
 OWN_DIRS = (os.path.dirname(PYZ), CONF_DIR, STATE_DIR)
 PSK_VARIABLE = "FLANNELETTE_PSK"  # the network's preshared key, from the operator's secret store
+PSK_FILE_KEY = "flannel_psk_file"  # or host data naming a file that holds it
 # host-local keeps the addresses it handed out here, one directory per network.
 CNI_ALLOCATIONS = "/var/lib/cni/networks/flannelette"
 # The unit's CacheDirectory=: the runtime's modules, unpacked and compiled (flannelette.deploy.pyz_main).
@@ -194,11 +195,38 @@ def _public_key(state, other) -> Optional[str]:
 
 
 def network_psk() -> Optional[str]:
-    """The network's preshared key, from the operator's environment (FLANNELETTE_PSK), never from a file here."""
-    text = os.environ.get(PSK_VARIABLE, "").strip()
+    """The network's preshared key, from the operator's secret store: the environment (FLANNELETTE_PSK) or a
+    file outside the deploy that host data flannel_psk_file names; the same for every host of the run."""
+    text, where = os.environ.get(PSK_VARIABLE, "").strip(), PSK_VARIABLE
+    path = host.data.get(PSK_FILE_KEY)
+    if path:
+        if text:
+            raise DeployError(f"{host.name}: {PSK_VARIABLE} and {PSK_FILE_KEY} {path!r} are both set: "
+                              "give the preshared key one way")
+        text, where = read_psk_file(path), f"{host.name}: {PSK_FILE_KEY} {path!r}"
     if text and decode_key(text) is None:
-        raise DeployError(f"{PSK_VARIABLE} is not a WireGuard key (44 characters of base64, as `wg genpsk` prints)")
+        raise DeployError(f"{where} is not a WireGuard key (44 characters of base64, as `wg genpsk` prints)")
+    first = _PSK_OF_RUN.setdefault("key", (text, where))
+    if first[0] != text:
+        raise DeployError(f"{where} gives another preshared key than {first[1]}: the key is the network's, one for "
+                          "every host")
     return text or None
+
+
+_PSK_OF_RUN: dict = {}  # the first host's key and where it came from, for the others to match
+
+
+def read_psk_file(path: str) -> str:
+    """The key in the file `path` (relative to the directory pyinfra runs in), which others may not read."""
+    try:
+        mode = os.stat(path).st_mode
+        text = Path(path).read_text().strip()
+    except OSError as e:
+        raise DeployError(f"{host.name}: {PSK_FILE_KEY} {path!r}: {e.strerror}") from None
+    if mode & 0o004:
+        raise DeployError(f"{host.name}: {PSK_FILE_KEY} {path!r} is readable by every user (mode "
+                          f"{mode & 0o777:04o}): `chmod 600` it")
+    return text
 
 
 # -- the deploys -------------------------------------------------------------------
@@ -277,7 +305,8 @@ def write_config(plan: Plan, on_host: dict) -> tuple:
 def write_psk(plan: Plan, on_host: dict):
     psk = network_psk() if encrypted(plan) else None
     if psk is None:
-        ops.absent(name=f"No preshared key ({PSK_VARIABLE} unset)", path=PSK, present=PSK in on_host)
+        ops.absent(name=f"No preshared key ({PSK_VARIABLE} and {PSK_FILE_KEY} unset)", path=PSK,
+                   present=PSK in on_host)
         return None
     return put(f"Write the network's preshared key {PSK} (0600)", StringIO(psk + "\n"), PSK, on_host, mode="600")
 

@@ -4,7 +4,8 @@ One lab of its own (name "deploy", underlay 192.168.59.0/24, or as
 FLANNELETTE_E2E_DEPLOY_LAB and FLANNELETTE_E2E_DEPLOY_NETWORK say) goes
 through the life of a fleet, test by test, in order: a fresh deploy, a run that
 changes nothing, a fourth host joining while a TCP stream flows, a broken
-net-conf stopped before any host is touched, a teardown that leaves every host
+net-conf stopped before any host is touched, a preshared key from a file
+of the operator's and then none again, a teardown that leaves every host
 as it was before the first deploy, and the same overlay again from the
 distribution installed elsewhere with a deploy file of one's own. The lab is
 taken down even when a test fails.
@@ -276,6 +277,38 @@ def test_a_net_conf_error_stops_the_deploy_before_any_host_is_touched(fleet):
     assert validate.stderr.strip() in result.output
     assert "Beginning operation run" not in result.output
     assert deployed() == before
+
+
+def test_a_preshared_key_from_a_file_of_the_operators_reaches_every_host_and_goes_again(fleet, tmp_path):
+    secret = tmp_path / "psk"
+    secret.write_text(subprocess.run(["wg", "genpsk"], capture_output=True, text=True, check=True).stdout)
+    good = fleet.group_data.read_text()
+    try:
+        secret.chmod(0o644)
+        fleet.group_data.write_text(good + f"flannel_psk_file = {str(secret)!r}\n")
+        refused = fleet.deploy()
+        assert refused.returncode == 1 and "is readable by every user (mode 0644)" in refused.output, refused.output
+        assert "Beginning operation run" not in refused.output
+        secret.chmod(0o600)
+        result = fleet.deploy()
+        assert result.returncode == 0, result.output
+        for host in fleet.hosts():
+            assert fleet.run(host, "stat -c %a /etc/flannelette/psk") == "600"
+            assert fleet.run(host, "cat /etc/flannelette/psk") == secret.read_text().strip()
+            assert "--psk /etc/flannelette/psk" in fleet.run(host, "systemctl cat flannelette")
+        reached = demo.reachability(fleet.lab, fleet.addresses, NETNS)
+        assert all(reached.values()), demo.render_matrix(fleet.addresses, reached, NETNS)
+        for host in fleet.hosts():
+            status = fleet.run(host, "flannelette status")
+            assert status.count(" sealed ") == len(fleet.hosts()) - 1, status
+    finally:
+        fleet.group_data.write_text(good)
+    result = fleet.deploy()
+    assert result.returncode == 0, result.output
+    for host in fleet.hosts():
+        fleet.run(host, "test ! -e /etc/flannelette/psk")
+    reached = demo.reachability(fleet.lab, fleet.addresses, NETNS)
+    assert all(reached.values()), demo.render_matrix(fleet.addresses, reached, NETNS)
 
 
 def test_teardown_leaves_every_host_as_it_was_before_the_first_deploy(fleet):

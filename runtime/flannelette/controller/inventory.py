@@ -29,6 +29,7 @@ HOST_DEFAULTS = {
     "flannel_wire": WIRE_FLANNELETTE,
     "flannel_inventory": None,  # the inventory file pyinfra loaded
     "flannel_container_runtime": "cni",  # or podman, docker, or a list of them
+    "flannel_psk_file": None,  # the network's preshared key, when not from FLANNELETTE_PSK
 }
 
 
