@@ -196,6 +196,10 @@ def test_a_third_machine_forging_a_peers_address_delivers_nothing(cluster, pair)
     listener = sealed_and_listening(cluster, a, b)
     send, sock = forger(cluster, a.public_ip)
     before = {reason: b.drops(reason) for reason in ("plain_refused", "unknown_session", "bad_unit")}
+    assert a.stop() == 0  # from now on only the forger speaks with a's address
+    heard = b.metric("peer_last_heard_timestamp_seconds", peer=a.name)
+    assert heard > 0
+    time.sleep(1)
     try:
         for i in range(50):
             marker = b"forged-%d" % i
@@ -209,6 +213,9 @@ def test_a_third_machine_forging_a_peers_address_delivers_nothing(cluster, pair)
     after = {reason: b.drops(reason) - before[reason] for reason in before}
     assert after["plain_refused"] >= 17, (after, b.log()[-2000:])
     assert b.drops("unknown_session") - before["unknown_session"] >= 16
+    # Not heard from since it stopped, whatever came in its name a second later and after.
+    assert abs(b.metric("peer_last_heard_timestamp_seconds", peer=a.name) - heard) < 0.1
+    a.start()
     assert cluster.ping(a.ns, b.gateway)
 
 

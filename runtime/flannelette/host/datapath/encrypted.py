@@ -342,7 +342,8 @@ class Encrypted:
 
     def _opened_by(self, kp, counter: int, data: bool, peer) -> None:
         kp.mark(counter)
-        initiation = self.sessions.received(kp, self.clock(), data)
+        now = peer.heard = self.clock()
+        initiation = self.sessions.received(kp, now, data)
         if initiation is not None:
             self._send_control(initiation, peer)
 
@@ -372,6 +373,8 @@ class Encrypted:
         if reason is not None:
             self._drop(reason, "%s from %s", {1: "an initiation", 2: "a response", 3: "a cookie reply"}[kind],
                        peer.host)
+        elif kind != noise.COOKIE_REPLY:  # an initiation or a response proves the peer's static key
+            peer.heard = now
 
     def _transport_datagram(self, view, position: int, n: int, peer, now: float) -> None:
         if noise.kind(view[position:position + 4], n) == noise.TRANSPORT:

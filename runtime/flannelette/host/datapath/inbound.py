@@ -66,7 +66,8 @@ class Inbound:
                     self._drop(packet.UNKNOWN_PEER, "%d bytes from %s:%d", n, _address(sender), receiver.port(i))
                     i += 1
                     continue
-                peer.heard = now
+                if not self._encrypts(peer):  # an encrypting peer is heard when a message of its authenticates
+                    peer.heard = now
                 if step and step < n:  # the kernel joined datagrams of `step` bytes: they are the run
                     count, tail = divmod(n, step)
                     self._deliver(view, i * slot, count, step, step, tail, peer, now)

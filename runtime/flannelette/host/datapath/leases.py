@@ -34,7 +34,8 @@ class Peer:
 
     `format` is what the data path sends it (flannelette.host.datapath.formats);
     the capability exchange (`exchange`) is the only thing that changes it.
-    `heard` is the monotonic time of the last datagram accepted from it.
+    `heard` is the monotonic time of the last datagram accepted from it; from a
+    peer that encrypts, of its last message that authenticated.
     """
 
     __slots__ = ("host", "subnet", "public_ip", "address", "ip", "key", "counts", "marked_flannel",
