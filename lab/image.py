@@ -1,6 +1,7 @@
-"""The VM image: the lab's cached rootfs with Debian's cloud kernel, booted
-directly by qemu (kernel, initramfs, ext4 root disk). Built once, cached beside
-the rootfs, shared read-only by every VM (each writes to a snapshot).
+"""The VM image: the lab's cached rootfs of one Debian suite with that suite's
+cloud kernel, booted directly by qemu (kernel, initramfs, ext4 root disk).
+Built once per suite, cached beside the rootfs, shared read-only by every VM
+of that suite (each writes to a snapshot).
 
 Every VM boots the same disk; what makes one VM itself (hostname, address, the
 lab's SSH key) comes from its kernel command line, read by a unit in the guest.
@@ -58,6 +59,7 @@ ExecStart=/usr/local/sbin/lab-vm-setup
 WantedBy=multi-user.target
 """
 FSTAB = "/dev/vda / ext4 rw 0 0\n"
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 # Room on the root disk for the deploy, containers and logs; the file is sparse.
 HEADROOM_MIB = 1024
 
@@ -83,41 +85,43 @@ class Image:
         return (self.directory / "kernel-version").read_text().strip()
 
 
-def recipe_id():
-    recipe = "\n".join([rootfs.recipe_id(), KERNEL_PACKAGE, *EXTRA_PACKAGES, BUSYBOX_PACKAGE,
+def recipe_id(suite=rootfs.SUITE):
+    recipe = "\n".join([rootfs.recipe_id(suite), KERNEL_PACKAGE, *EXTRA_PACKAGES, BUSYBOX_PACKAGE,
                         initramfs.INIT, *initramfs.DRIVERS, SETUP_SCRIPT, SETUP_UNIT, FSTAB])
     return hashlib.sha256(recipe.encode()).hexdigest()[:12]
 
 
-def image_path(cache=None):
-    return (cache or rootfs.cache_dir()) / f"vm-{rootfs.SUITE}-{recipe_id()}"
+def image_path(cache=None, suite=rootfs.SUITE):
+    return (cache or rootfs.cache_dir()) / f"vm-{suite}-{recipe_id(suite)}"
 
 
-def ensure(log=print):
-    """The cached VM image, built first (from the cached rootfs) if there is none."""
-    lower = rootfs.ensure(log=log)
+def ensure(log=print, suite=rootfs.SUITE):
+    """The cached VM image of `suite`, built first (from its cached rootfs) if there is none."""
+    lower = rootfs.ensure(log=log, suite=suite)
     cache = rootfs.cache_dir()
     with rootfs.locked(cache / ".lock"):
-        target = image_path(cache)
+        target = image_path(cache, suite)
         if (target / "root.img").is_file():
             return Image(target)
-        log(f"building the VM image in {target} (once; later runs reuse it)")
+        log(f"building the Debian {suite} VM image in {target} (once; later runs reuse it)")
         started = time.monotonic()
-        build(cache, lower, target)
+        build(cache, lower, target, suite=suite)
         log(f"VM image ready in {time.monotonic() - started:.0f}s")
-        for old in cache.glob(f"vm-{rootfs.SUITE}-*"):
+        for old in cache.glob(f"vm-{suite}-*"):
             if old != target:
                 shutil.rmtree(old, ignore_errors=True)
         return Image(target)
 
 
-def build(cache, lower, target, extra_packages=(), customize=None):
-    """The image in directory `target`, from the rootfs `lower`. A variant of
-    it (lab.box) names `extra_packages` to download and a `customize(root,
-    debs)` that changes the tree before it becomes the disk."""
+def build(cache, lower, target, extra_packages=(), customize=None, suite=rootfs.SUITE):
+    """The image in directory `target`, from the rootfs `lower` of `suite`. A
+    variant of it (lab.box) names `extra_packages` to download and a
+    `customize(root, debs)` that changes the tree before it becomes the disk."""
     tmp = Path(tempfile.mkdtemp(prefix=".build-vm-", dir=cache))
     try:
-        debs = download(tmp / "debs", [kernel_package(), *EXTRA_PACKAGES, BUSYBOX_PACKAGE, *extra_packages])
+        apt = apt_options(tmp / "apt", suite)
+        packages = [kernel_package(apt), *EXTRA_PACKAGES, BUSYBOX_PACKAGE, *extra_packages]
+        debs = download(tmp / "debs", packages, apt)
         out = tmp / "out"
         out.mkdir()
         root = hostmod.mount_layer(lower, tmp / "layer", "flannelette-lab-vm-image")
@@ -137,20 +141,43 @@ def build(cache, lower, target, extra_packages=(), customize=None):
         rootfs.remove_tree(tmp)
 
 
-def kernel_package():
+def sources_list(mirror, suite):
+    return f"deb [signed-by={KEYRING}] {mirror} {suite} main\n"
+
+
+def apt_options(directory, suite):
+    """apt's options for package lists of `suite` alone, kept in `directory`
+    (filled here by apt-get update), whatever suite this machine runs."""
+    lists = directory / "lists"
+    (lists / "partial").mkdir(parents=True)
+    (directory / "sources.list.d").mkdir()
+    (directory / "sources.list").write_text(sources_list(rootfs.mirror(suite=suite), suite))
+    for path in (directory, lists, lists / "partial"):
+        os.chown(path, _apt_uid(), 0)  # apt fetches as _apt where it can
+    options = ["-o", f"Dir::Etc::SourceList={directory / 'sources.list'}",
+               "-o", f"Dir::Etc::SourceParts={directory / 'sources.list.d'}",
+               "-o", f"Dir::State::Lists={lists}", "-o", f"Dir::Cache={directory / 'cache'}",
+               "-o", "Acquire::Languages=none"]
+    proc = shell.run(["apt-get", *options, "update", "-q"], check=False, timeout=600)
+    if proc.returncode != 0:
+        raise LabError(f"apt-get update of Debian {suite}: {proc.stderr.strip()}")
+    return options
+
+
+def kernel_package(apt):
     """The versioned kernel package the cloud kernel metapackage points at now."""
-    out = shell.run(["apt-cache", "show", "--no-all-versions", KERNEL_PACKAGE]).stdout
+    out = shell.run(["apt-cache", *apt, "show", "--no-all-versions", KERNEL_PACKAGE]).stdout
     for line in out.splitlines():
         if line.startswith("Depends:"):
             return line.split(":", 1)[1].split(",")[0].split()[0]
-    raise LabError(f"apt-cache show {KERNEL_PACKAGE}: no Depends line (run apt-get update)")
+    raise LabError(f"apt-cache show {KERNEL_PACKAGE}: no Depends line")
 
 
-def download(directory, packages):
+def download(directory, packages, apt):
     """{package: its .deb}, fetched by apt from Debian's registry."""
     directory.mkdir(parents=True)
     os.chown(directory, _apt_uid(), 0)  # apt downloads as _apt where it can
-    proc = shell.run(["apt-get", "download", "-q", *packages], check=False, cwd=directory, timeout=600)
+    proc = shell.run(["apt-get", *apt, "download", "-q", *packages], check=False, cwd=directory, timeout=600)
     if proc.returncode != 0:
         raise LabError(f"apt-get download {' '.join(packages)}: {proc.stderr.strip()} "
                        "(apt-get update may help)")

@@ -1,4 +1,6 @@
-"""The lab's one Debian root filesystem: built once with debootstrap, cached, reused.
+"""The lab's Debian root filesystems: built once per suite with debootstrap,
+cached, reused. The lab's hosts run SUITE; the VM lab can boot an older one
+(OLDEST_SUITE, the oldest Debian the runtime supports) beside it.
 
 Every host mounts it read-only under its own writable layer, so it carries
 nothing that belongs to one host: no SSH host keys, no machine id, no hostname.
@@ -19,6 +21,7 @@ from . import containers, shell
 from .errors import LabError
 
 SUITE = "bookworm"
+OLDEST_SUITE = "bullseye"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_CACHE = "/var/cache/flannelette-lab"
 # A minimal cloud image plus what an overlay host needs; iperf3 is the lab's
@@ -27,7 +30,7 @@ DEFAULT_CACHE = "/var/cache/flannelette-lab"
 PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "openssh-server", "python3",
     "iproute2", "iptables", "nftables", "containernetworking-plugins",
-    "iputils-ping", "iperf3", *containers.PACKAGES,
+    "iputils-ping", "iperf3",
 )
 # Units that wait for, or reach out to, a network the lab doesn't have.
 MASKED_UNITS = (
@@ -44,29 +47,38 @@ MIN_FREE_BYTES = 1 << 30
 PRUNE_AFTER_SECONDS = 3600
 
 
+def packages(suite=SUITE):
+    """What debootstrap installs: podman and Docker only on the lab's own suite
+    (an older suite's podman predates netavark)."""
+    return PACKAGES + (containers.PACKAGES if suite == SUITE else ())
+
+
 def cache_dir():
     return Path(os.environ.get("FLANNELETTE_LAB_CACHE", DEFAULT_CACHE))
 
 
-def recipe_id():
+def recipe_id(suite=SUITE):
     """Short hash of what goes into the rootfs: a changed recipe means a new build."""
-    recipe = "\n".join([SUITE, *PACKAGES, *MASKED_UNITS, SSHD_CONFIG, RESOLV_CONF,
-                        containers.recipe()])
+    extra = (containers.recipe(),) if suite == SUITE else ()
+    recipe = "\n".join([suite, *packages(suite), *MASKED_UNITS, SSHD_CONFIG, RESOLV_CONF, *extra])
     return hashlib.sha256(recipe.encode()).hexdigest()[:12]
 
 
-def rootfs_path(cache=None):
-    return (cache or cache_dir()) / f"{SUITE}-{recipe_id()}"
+def rootfs_path(cache=None, suite=SUITE):
+    return (cache or cache_dir()) / f"{suite}-{recipe_id(suite)}"
 
 
-def mirror(sources_dir="/etc/apt"):
-    """Debian's package registry as apt on this machine is configured to reach it."""
+def mirror(sources_dir="/etc/apt", suite=SUITE):
+    """Debian's package registry as apt on this machine is configured to reach
+    it: the URI serving `suite`, else the one serving the lab's SUITE."""
     if os.environ.get("FLANNELETTE_LAB_MIRROR"):
         return os.environ["FLANNELETTE_LAB_MIRROR"]
-    for path in _apt_source_files(Path(sources_dir)):
-        uri = find_debian_uri(path.read_text(errors="replace"))
-        if uri:
-            return uri
+    texts = [path.read_text(errors="replace") for path in _apt_source_files(Path(sources_dir))]
+    for wanted in dict.fromkeys([suite, SUITE]):
+        for text in texts:
+            uri = find_debian_uri(text, wanted)
+            if uri:
+                return uri
     return DEFAULT_MIRROR
 
 
@@ -75,37 +87,37 @@ def _apt_source_files(root):
     return [f for f in files if f.is_file() and f.suffix in (".list", ".sources")]
 
 
-def find_debian_uri(text):
-    """The URI serving `SUITE` from a one-line or deb822 apt sources text, or None."""
+def find_debian_uri(text, suite=SUITE):
+    """The URI serving `suite` from a one-line or deb822 apt sources text, or None."""
     for line in text.splitlines():
         m = re.match(r"\s*deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+(\S+)", line)
-        if m and m.group(2) == SUITE:
+        if m and m.group(2) == suite:
             return m.group(1).rstrip("/")
     for stanza in re.split(r"\n\s*\n", text):
         fields = dict(re.findall(r"^(\w[\w-]*):\s*(.*)$", stanza, re.M))
-        if "deb" in fields.get("Types", "").split() and SUITE in fields.get(
+        if "deb" in fields.get("Types", "").split() and suite in fields.get(
             "Suites", ""
         ).split():
             return fields.get("URIs", "").split()[0].rstrip("/") or None
     return None
 
 
-def ensure(log=print):
-    """Path of the cached rootfs, building it first if there is none."""
+def ensure(log=print, suite=SUITE):
+    """Path of the cached rootfs of `suite`, building it first if there is none."""
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     with locked(cache / ".lock"):
-        target = rootfs_path(cache)
+        target = rootfs_path(cache, suite)
         if target.is_dir():
             os.utime(target)  # in use: see _prune
             return target
         _check_free_space(cache)
-        log(f"building the lab's Debian {SUITE} root filesystem in {target} "
+        log(f"building the lab's Debian {suite} root filesystem in {target} "
             "(once; later runs reuse it)")
         started = time.monotonic()
-        _build(cache, target)
+        _build(cache, target, suite)
         log(f"root filesystem ready in {time.monotonic() - started:.0f}s")
-        _prune(cache, keep=target)
+        _prune(cache, keep=target, suite=suite)
         return target
 
 
@@ -116,13 +128,13 @@ def locked(path):
         yield
 
 
-def _prune(cache, keep, now=None):
-    """Remove root filesystems of other recipes that no running host uses and
-    no lab has asked for lately."""
+def _prune(cache, keep, suite, now=None):
+    """Remove root filesystems of `suite`'s other recipes that no running host
+    uses and no lab has asked for lately."""
     with open("/proc/self/mounts") as f:
         mounts = f.read()
     idle_since = (now or time.time()) - PRUNE_AFTER_SECONDS
-    for old in cache.glob(f"{SUITE}-*"):
+    for old in cache.glob(f"{suite}-*"):
         if (old != keep and f"lowerdir={old}," not in mounts
                 and old.stat().st_mtime < idle_since):
             remove_tree(old)
@@ -137,12 +149,12 @@ def _check_free_space(cache):
         )
 
 
-def _build(cache, target):
+def _build(cache, target, suite):
     """debootstrap into a temporary directory, renamed into place only when complete."""
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))
     try:
-        _debootstrap(tmp, cache / "debootstrap.log")
-        configure(tmp)
+        _debootstrap(tmp, cache / "debootstrap.log", suite)
+        configure(tmp, suite)
         os.rename(tmp, target)
     except OSError as err:
         raise LabError(f"building the root filesystem in {tmp}: {err}") from None
@@ -151,10 +163,10 @@ def _build(cache, target):
             remove_tree(tmp)
 
 
-def _debootstrap(root, log_path):
+def _debootstrap(root, log_path, suite):
     cmd = [
-        "debootstrap", "--variant=minbase", "--include=" + ",".join(PACKAGES),
-        SUITE, str(root), mirror(),
+        "debootstrap", "--variant=minbase", "--include=" + ",".join(packages(suite)),
+        suite, str(root), mirror(suite=suite),
     ]
     try:
         with open(log_path, "w") as log:
@@ -172,7 +184,7 @@ def _debootstrap(root, log_path):
         )
 
 
-def configure(root):
+def configure(root, suite=SUITE):
     """Make a fresh debootstrap a shareable, offline-friendly lower layer."""
     root = Path(root)
     for key in (root / "etc/ssh").glob("ssh_host_*"):
@@ -190,7 +202,8 @@ def configure(root):
     (root / "etc/hostname").unlink(missing_ok=True)
     for deb in (root / "var/cache/apt/archives").glob("*.deb"):
         deb.unlink()
-    containers.configure(root)
+    if suite == SUITE:
+        containers.configure(root)
 
 
 def mounts_under(path):

@@ -71,5 +71,5 @@ def test_prune_keeps_another_recipe_that_was_used_lately(tmp_path):
     for d in (keep, recent, old):
         d.mkdir()
     os.utime(old, (0, 0))
-    rootfs._prune(tmp_path, keep=keep)
+    rootfs._prune(tmp_path, keep=keep, suite=rootfs.SUITE)
     assert keep.is_dir() and recent.is_dir() and not old.exists()

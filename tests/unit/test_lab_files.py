@@ -67,6 +67,21 @@ def test_mirror_can_be_overridden(monkeypatch, tmp_path):
     assert rootfs.mirror(tmp_path) == rootfs.DEFAULT_MIRROR
 
 
+def test_another_suite_comes_from_the_mirror_serving_it_else_from_the_labs(monkeypatch, tmp_path):
+    monkeypatch.delenv("FLANNELETTE_LAB_MIRROR", raising=False)
+    (tmp_path / "sources.list").write_text("deb http://m/debian bookworm main\n")
+    assert rootfs.mirror(tmp_path, suite=rootfs.OLDEST_SUITE) == "http://m/debian"
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "old.list").write_text("deb http://old/debian bullseye main\n")
+    assert rootfs.mirror(tmp_path, suite="bullseye") == "http://old/debian"
+    assert rootfs.mirror(tmp_path) == "http://m/debian"
+
+
+def test_each_suite_has_a_rootfs_of_its_own(tmp_path):
+    paths = {rootfs.rootfs_path(tmp_path, suite) for suite in (rootfs.SUITE, rootfs.OLDEST_SUITE)}
+    assert {p.name.split("-")[0] for p in paths} == {rootfs.SUITE, rootfs.OLDEST_SUITE}
+
+
 def test_a_changed_recipe_is_a_new_rootfs(monkeypatch, tmp_path):
     before = rootfs.rootfs_path(tmp_path)
     monkeypatch.setattr(rootfs, "PACKAGES", rootfs.PACKAGES + ("curl",))
