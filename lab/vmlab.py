@@ -7,6 +7,9 @@ they can have the Vagrantfile's addresses (192.168.56.11..) beside any lab on
 this machine; everything that talks to them (SSH here, pyinfra as a process)
 does so from inside that namespace. What `up` starts is recorded in the state
 directory before it exists, so `down` from any later process finds it.
+
+Every VM runs Debian rootfs.SUITE but those `up` is told to give another
+suite (rootfs.OLDEST_SUITE: the oldest kernel and python3 the runtime supports).
 """
 
 import os
@@ -46,6 +49,8 @@ class VMLab:
         self.accel = accel or os.environ.get("FLANNELETTE_VM_ACCEL")  # None: try KVM, then TCG
         self.log = log
         self._clients = {}
+        self._booting_since = {}
+        self.boot_seconds = {}  # name: seconds from its qemu's start to sshd letting the lab in, this process's boots
 
     # -- queries ---------------------------------------------------------
 
@@ -92,20 +97,24 @@ class VMLab:
 
     # -- up --------------------------------------------------------------
 
-    def up(self, hosts=DEFAULT_HOSTS):
-        """Boot VMs node1..node`hosts` (those not running yet); [(name, address)]."""
+    def up(self, hosts=DEFAULT_HOSTS, suites=None):
+        """Boot VMs node1..node`hosts` (those not running yet), each on the
+        image of its Debian suite in `suites` ({name: suite}, rootfs.SUITE for
+        those it doesn't name); [(name, address)]."""
         _preflight()
-        image = imagemod.ensure(log=self.log)
+        wanted = self.plan.hosts(hosts)
+        suite_of = {h.name: (suites or {}).get(h.name, rootfs.SUITE) for h in wanted}
+        images = {suite: imagemod.ensure(log=self.log, suite=suite) for suite in sorted(set(suite_of.values()))}
         state = self._load() or self._new_state()
         try:
-            self._up(state, self.plan.hosts(hosts), image)
+            self._up(state, wanted, {name: images[suite] for name, suite in suite_of.items()})
         except BaseException:
             self._keep_logs()
             self.down(grace=0)
             raise
         return self.hosts()
 
-    def _up(self, state, wanted, image):
+    def _up(self, state, wanted, images):
         self.state_dir.mkdir(parents=True, exist_ok=True)
         ssh.ensure_key(self.key_path, f"flannelette-lab-{self.name}")
         self._save(state)
@@ -114,10 +123,10 @@ class VMLab:
         for host in booting:
             network.ensure_tap(self.netns, self.plan, host)
             if state["accel"] is None:
-                state["accel"] = self._boot_first(state, image, host)
+                state["accel"] = self._boot_first(state, images[host.name], host)
                 self._save(state)
             else:
-                self._boot(state, image, host, state["accel"])
+                self._boot(state, images[host.name], host, state["accel"])
         self._wait_ready(state, booting)
         inventory.write(self.inventory_path, inventory.render(self.name, self.hosts(), self.key_path))
 
@@ -144,6 +153,7 @@ class VMLab:
         state["hosts"][host.name] = {"pid": None, "started": None}
         self._save(state)
         argv = qemu.command(image, host, host.veth, accel, self._console(host), ssh.public_key(self.key_path))
+        self._booting_since[host.name] = time.monotonic()
         pid, started = qemu.start(argv, self.netns, hdir / "qemu.log", hdir)
         state["hosts"][host.name].update(pid=pid, started=started)
         self._save(state)
@@ -159,7 +169,8 @@ class VMLab:
                 if not hostmod.is_running(entry["pid"], entry["started"]):
                     raise LabError(f"{host.name}: qemu exited while booting:\n{self._tail(host)}")
                 if ssh.answers(host.address, self.key_path, timeout=10, netns=self.netns):
-                    self.log(f"{host.name} {host.address}: up")
+                    self.boot_seconds[host.name] = time.monotonic() - self._booting_since[host.name]
+                    self.log(f"{host.name} {host.address}: up in {self.boot_seconds[host.name]:.0f}s")
                     waiting.remove(host)
             if waiting and time.monotonic() > deadline:
                 raise LabError(f"{', '.join(h.name for h in waiting)}: sshd did not answer within "
