@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from importlib import resources
 from typing import Optional
 
@@ -35,6 +36,29 @@ def parse_python3(lines) -> Optional[dict]:
         except ValueError:
             pass
     return {"path": lines[0], "version": version}
+
+
+class CniVersions(FactBase):
+    """The CNI spec versions the host's bridge plugin takes (its VERSION command), or None without one."""
+
+    def command(self) -> str:
+        return (
+            "for d in /usr/lib/cni /opt/cni/bin; do [ -x $d/bridge ] || continue; "
+            "echo '{\"cniVersion\": \"0.1.0\"}' | CNI_COMMAND=VERSION $d/bridge; exit 0; done"
+        )
+
+    def process(self, output) -> Optional[list]:
+        return parse_cni_versions(output)
+
+
+def parse_cni_versions(lines) -> Optional[list]:
+    """supportedVersions from a CNI plugin's VERSION answer (JSON, maybe over several lines)."""
+    try:
+        answer = json.loads("\n".join(lines))
+    except ValueError:
+        return None
+    found = answer.get("supportedVersions") if isinstance(answer, dict) else None
+    return [str(v) for v in found] if isinstance(found, list) else None
 
 
 class Links(FactBase):

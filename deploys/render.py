@@ -26,6 +26,9 @@ from flannelette.model.config import Lease, NetConf, render_leases
 UNIT = f"/etc/systemd/system/{UNIT_NAME}"
 SYSCTL = "/etc/sysctl.d/90-flannelette.conf"
 CONFLIST = "/etc/cni/net.d/10-flannelette.conflist"
+# CNI spec versions the conflist is valid in, newest first: the newest one the
+# host's plugins take is written (Debian 11's plugins, 0.9, stop at 0.4.0).
+CNI_VERSIONS = ("1.0.0", "0.4.0")
 # The runtime's health and metrics endpoint, where `flannelette status` looks.
 HEALTHZ = f"127.0.0.1:{HEALTHZ_PORT}"
 
@@ -73,12 +76,19 @@ def render_unit(python: str, public_ip, iface=None, ip_masq: bool = True, privat
     )
 
 
-def render_conflist(lease: Lease, mtu: int, shared: bool = False) -> str:
+def cni_version(supported) -> str:
+    """The newest of CNI_VERSIONS among the plugins' `supported` ones; the newest of all where that is unknown
+    (no plugins yet) or none is among them."""
+    return next((v for v in CNI_VERSIONS if v in (supported or ())), CNI_VERSIONS[0])
+
+
+def render_conflist(lease: Lease, mtu: int, shared: bool = False, cni_version: str = CNI_VERSIONS[0]) -> str:
     """The CNI network: containers on cni0, addresses from the host's subnet; from its first half only when
     the subnet is `shared` with podman's and Docker's allocators (allocation_slices)."""
     subnet = lease.subnet
     return _render(
         "10-flannelette.conflist.j2",
+        cni_version=cni_version,
         bridge=BRIDGE,
         mtu=mtu,
         subnet=subnet,

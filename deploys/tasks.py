@@ -321,7 +321,8 @@ def write_unit(plan: Plan, python: str, on_host: dict, psk: bool = False):
 def write_host_files(plan: Plan, mtu: int, on_host: dict, container_runtimes=("cni",)) -> None:
     put(f"Persist IPv4 forwarding in {SYSCTL}", StringIO(render.render_sysctl()), SYSCTL, on_host)
     shared = container_runtimes != ("cni",)  # another allocator on cni0: CNI keeps to its slice
-    conflist = render.render_conflist(plan.lease_for(host.name), mtu, shared)
+    version = render.cni_version(host.get_fact(facts.CniVersions))
+    conflist = render.render_conflist(plan.lease_for(host.name), mtu, shared, cni_version=version)
     put(f"Write the CNI network {CONFLIST} (MTU {mtu})", StringIO(conflist), CONFLIST, on_host)
 
 

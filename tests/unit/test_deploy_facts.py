@@ -75,3 +75,17 @@ def test_file_states_give_mode_and_hash_of_each_file():
     }
     command = facts.FileStates().command(["/etc/flannelette/leases.json", "/etc/my file"])
     assert "sha256sum" in command and "/etc/flannelette/leases.json '/etc/my file';" in command
+
+
+@pytest.mark.parametrize("output, versions", [
+    # Debian 12's containernetworking-plugins 1.1
+    (['{"cniVersion":"1.0.0","supportedVersions":["0.1.0","0.2.0","0.3.0","0.3.1","0.4.0","1.0.0"]}'],
+     ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0"]),
+    # Debian 11's 0.9
+    (['{"cniVersion":"0.4.0","supportedVersions":["0.1.0","0.2.0","0.3.0","0.3.1","0.4.0"]}'],
+     ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0"]),
+    ([], None),  # no plugins
+    (["CNI bridge plugin v1.1.1"], None),
+])
+def test_cni_versions_from_the_bridge_plugins_version_answer(output, versions):
+    assert facts.parse_cni_versions(output) == versions

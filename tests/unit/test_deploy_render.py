@@ -82,6 +82,18 @@ def test_conflist_range_on_a_small_subnet():
     assert (range_["gateway"], range_["rangeStart"], range_["rangeEnd"]) == ("10.9.0.5", "10.9.0.6", "10.9.0.6")
 
 
+@pytest.mark.parametrize("supported, written", [
+    (["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0"], "1.0.0"),  # Debian 12's plugins
+    (["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0"], "0.4.0"),  # Debian 11's, which refuse 1.0.0
+    (None, "1.0.0"),  # no plugins on the host yet
+])
+def test_conflist_speaks_the_newest_cni_version_the_hosts_plugins_take(supported, written):
+    lease = LEASES[0]
+    version = render.cni_version(supported)
+    assert version == written
+    assert json.loads(render.render_conflist(lease, 1472, cni_version=version))["cniVersion"] == written
+
+
 def test_written_files_read_back_as_the_runtime_reads_them(tmp_path):
     (tmp_path / "net-conf.json").write_text(render.render_net_conf(NET_CONF))
     (tmp_path / "leases.json").write_text(render.render_lease_table(LEASES))
