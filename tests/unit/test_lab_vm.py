@@ -5,7 +5,7 @@ import base64
 import gzip
 from pathlib import Path
 
-from lab import initramfs, qemu
+from lab import image, initramfs, qemu, rootfs
 from lab.image import Image
 from lab.plan import make_plan
 
@@ -91,3 +91,10 @@ def test_every_vm_has_its_own_mac_address():
     plan = make_plan("vm", "192.168.56.0/24")
     macs = {qemu.mac_address(plan.host(i)) for i in range(1, 245)}
     assert len(macs) == 244
+
+
+def test_each_suites_image_is_cached_apart_and_fetched_from_that_suites_lists(tmp_path):
+    old, new = (image.image_path(tmp_path, suite) for suite in (rootfs.OLDEST_SUITE, rootfs.SUITE))
+    assert old.name.startswith("vm-bullseye-") and new.name.startswith("vm-bookworm-")
+    assert image.sources_list("http://m/debian", "bullseye") == \
+        f"deb [signed-by={image.KEYRING}] http://m/debian bullseye main\n"
