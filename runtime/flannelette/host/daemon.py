@@ -43,7 +43,7 @@ BRIDGE_NAME = "cni0"
 # the default 500 absorbs bursts instead of dropping them into TCP retransmits.
 TUN_QUEUE = 5000
 # The largest TCP super-packet flannel0 hands over, where the kernel lets it be
-# lowered (Linux 5.19): cut into segments of one datagram each, it then fits one
+# lowered (Linux 5.10 does): cut into segments of one datagram each, it then fits one
 # UDP send of 65507 bytes, so it leaves in one sendmsg instead of two.
 TUN_GSO_MAX_SIZE = 62000
 JOURNAL_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}

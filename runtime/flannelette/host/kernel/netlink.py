@@ -113,7 +113,7 @@ def ensure_route(ipr, destination: IPv4Network, index: int) -> None:
 
 
 def limit_gso(ipr, index: int, size: int) -> bool:
-    """Keep the link's GSO packets at most `size` bytes; False where the kernel won't (before Linux 5.19)."""
+    """Keep the link's GSO packets at most `size` bytes; False where the kernel won't (5.10 and later do)."""
     if ipr.get_links(index)[0].get_attr("IFLA_GSO_MAX_SIZE") == size:
         return True
     try:
