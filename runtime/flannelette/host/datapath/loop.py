@@ -88,8 +88,8 @@ class DataPath(Outbound, Inbound, Encrypted):
         self._waiting_trains = set()  # peers with a train not yet whole
         try:
             sock.setsockopt(SOL_UDP, UDP_GRO, 1)
-        except OSError:  # before Linux 5.0: one datagram per read, as before
-            pass
+        except OSError as e:  # before Linux 5.0: one datagram per read, as before
+            log.info("UDP receive offload (UDP_GRO) unavailable (%s); one datagram per read", e.strerror)
 
     # -- the narrow interface ----------------------------------------------------
 
