@@ -26,7 +26,7 @@ TOOLS = {
 }
 
 
-class Lab:
+class Lab(statemod.Stateful):
     """One lab, named so that a test lab and a user's lab can run side by side.
 
     The name prefixes namespaces (NAME-node1), the bridge (NAME-br), veths
@@ -217,21 +217,8 @@ class Lab:
 
     # -- state -----------------------------------------------------------
 
-    @property
-    def _state_file(self):
-        return self.state_dir / "state.json"
-
     def _new_state(self):
         return {"name": self.name, "network": str(self.plan.network), "hosts": {}}
-
-    def _load(self):
-        return statemod.load(self._state_file, self.plan)
-
-    def _save(self, state):
-        statemod.save(self._state_file, state)
-
-    def _planned(self, state):
-        return statemod.planned(self.plan, state)
 
 
 def _preflight(need_debootstrap):

@@ -34,3 +34,21 @@ def planned(plan, state):
         return []
     indexes = sorted(int(name[len("node"):]) for name in state["hosts"])
     return [plan.host(i) for i in indexes]
+
+
+class Stateful:
+    """A lab's access to its state file: `state_dir` and `plan` are the lab's,
+    `_new_state` what a lab of its kind starts with."""
+
+    @property
+    def _state_file(self):
+        return self.state_dir / "state.json"
+
+    def _load(self):
+        return load(self._state_file, self.plan)
+
+    def _save(self, state):
+        save(self._state_file, state)
+
+    def _planned(self, state):
+        return planned(self.plan, state)

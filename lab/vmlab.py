@@ -33,7 +33,7 @@ TOOLS = {qemu.QEMU: "qemu-system-x86", "ip": "iproute2", "mkfs.ext4": "e2fsprogs
          "ssh-keygen": "openssh-client", "apt-get": "apt", "dpkg-deb": "dpkg"}
 
 
-class VMLab:
+class VMLab(statemod.Stateful):
     """VMs node1..N of lab `name`: namespace NAME-net, bridge NAME-br, taps NAME-nK."""
 
     def __init__(self, name=DEFAULT_NAME, network=DEFAULT_NETWORK, state_dir=None,
@@ -214,21 +214,8 @@ class VMLab:
 
     # -- state -----------------------------------------------------------
 
-    @property
-    def _state_file(self):
-        return self.state_dir / "state.json"
-
     def _new_state(self):
         return {"name": self.name, "network": str(self.plan.network), "accel": None, "hosts": {}}
-
-    def _load(self):
-        return statemod.load(self._state_file, self.plan)
-
-    def _save(self, state):
-        statemod.save(self._state_file, state)
-
-    def _planned(self, state):
-        return statemod.planned(self.plan, state)
 
 
 def missing():
