@@ -425,17 +425,24 @@ class Encrypted:
         i = 0
         while i < items:
             first = heads[i]
-            whole = first[2]
-            if first[0] == formats.SEALED_UNIT and first[1] == 0 and 2 <= whole <= items - i \
-                    and _one_unit(heads[i:i + whole], first):
+            index, whole = first[1], first[2]
+            # The datagrams of one unit that follow in order from here: the whole unit, or (a unit that came
+            # in more than one read, as without GRO) its part in this run, taken in one step.
+            span = min(whole - index, items - i) if first[0] == formats.SEALED_UNIT and whole <= MAX_DATAGRAMS else 0
+            if span >= 2 and _one_unit(heads[i:i + span], first, index):
                 _, _, _, ask, receiver, counter = SEALED_HEADER.unpack(first)
                 kp = self._session_for(receiver, peer, counter)
                 if kp is not None:
-                    self._open_unit(kp, counter, parts[i:i + whole], ask, peer)
-                i += whole
-            else:
-                self._sealed_datagram(view, start + i * stride, size if i < count else tail, peer, now)
-                i += 1
+                    if span == whole:
+                        self._open_unit(kp, counter, parts[i:i + whole], ask, peer)
+                        i += span
+                        continue
+                    if self._add_pieces(kp, peer, (receiver, counter), index, whole, ask, parts[i:i + span], now):
+                        i += span
+                        continue
+            # Alone, so that each datagram of a group that can't be taken whole is counted as what it is.
+            self._sealed_datagram(view, start + i * stride, size if i < count else tail, peer, now)
+            i += 1
 
     def _sealed_datagram(self, view, position: int, n: int, peer, now: float) -> None:
         if n <= SEALED_HEADER_LEN:
@@ -451,28 +458,35 @@ class Encrypted:
         piece = view[position + SEALED_HEADER_LEN:position + n]
         if count == 1:
             self._open_unit(kp, counter, [piece], ask, peer)
-            return
+        elif not self._add_pieces(kp, peer, (receiver, counter), index, count, ask, [piece], now):
+            self._drop(BAD_UNIT, "sealed datagram %d of %d from %s again, or of another count", index, count,
+                       peer.host)
+
+    def _add_pieces(self, kp, peer, key: tuple, index: int, count: int, ask: int, pieces: list, now: float) -> bool:
+        """Datagrams `index`.. of the unit `key` (receiver, counter) of `count`, their bytes after the header,
+        kept until the unit is whole, then opened; False, nothing taken, when one of them came already or the
+        unit had another count."""
         units = peer.units
         if units is None:
             units = peer.units = {}
-        unit = units.get((receiver, counter))
+        unit = units.get(key)
         if unit is None:
             if len(units) >= MAX_OPEN_UNITS:
                 self._expire_units(peer, now, oldest=True)
-            unit = units[(receiver, counter)] = Unit(count, now, kp)
+            unit = units[key] = Unit(count, now, kp)
             self._open_units.add(peer)
-        if unit.count != count or unit.pieces[index] is not None:
-            self._drop(BAD_UNIT, "sealed datagram %d of %d from %s again, or of another count", index, count,
-                       peer.host)
-            return
-        unit.pieces[index] = bytes(piece)
-        unit.held += 1
+        end = index + len(pieces)
+        if unit.count != count or unit.pieces[index:end].count(None) != len(pieces):
+            return False
+        unit.pieces[index:end] = [bytes(piece) for piece in pieces]
+        unit.held += len(pieces)
         unit.ask = ask
         if unit.held == count:
-            del units[(receiver, counter)]
+            del units[key]
             if not units:
                 self._open_units.discard(peer)
-            self._open_unit(kp, counter, unit.pieces, unit.ask, peer)
+            self._open_unit(kp, key[1], unit.pieces, unit.ask, peer)
+        return True
 
     def _expire_units(self, peer, now: float, oldest: bool = False) -> None:
         units = peer.units
@@ -546,8 +560,8 @@ class Encrypted:
                 counts.rx_bytes += n - VNET_HDR_LEN
 
 
-def _one_unit(heads: tuple, first: bytes) -> bool:
-    """Whether `heads` are the headers of one unit's datagrams, in order: `first`'s, but for the index."""
+def _one_unit(heads: tuple, first: bytes, index: int = 0) -> bool:
+    """Whether `heads` are the headers of one unit's datagrams `index`.. in order: `first`'s, but for the index."""
     expected = bytearray(first * len(heads))
-    expected[1::SEALED_HEADER_LEN] = INDEXES[:len(heads)]
+    expected[1::SEALED_HEADER_LEN] = INDEXES[index:index + len(heads)]
     return b"".join(heads) == expected
