@@ -1,6 +1,6 @@
 """`flannelette validate` and `flannelette plan` on inventory files, as people and pipelines run them.
 
-Each call is a real `flannelette` process: loading an inventory imports
+Each call is a real `flannelette` process: loading an inventory may import
 pyinfra's CLI, which monkey-patches the interpreter for gevent, and the
 runtime's threads must never meet that in the test process.
 """

@@ -11,6 +11,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Optional
 
+from flannelette.controller import inventory_files
 from flannelette.model import config
 from flannelette.model.config import WIRE_FLANNELETTE, ConfigError, Lease, NetConf, Problem
 from flannelette.model.files import replace_file
@@ -34,27 +35,41 @@ HOST_DEFAULTS = {
 
 
 def load(path: str):
-    """A pyinfra Inventory from an inventory file, group_data precedence as in a real run."""
+    """The hosts of an inventory file with their data, group_data precedence as in a real run.
+
+    Read by inventory_files, in one pass; by pyinfra's own loader where that
+    one can't be sure to read it alike (a file that uses pyinfra, connector hosts).
+    """
+    if not Path(path).is_file():
+        raise ConfigError([Problem(path, "file", "no such inventory file")])
+    cwd = os.getcwd()
+    if inventory_files.reads_alike(path, cwd):
+        loaded = inventory_files.load(path, cwd)
+        if loaded is not None:
+            return loaded
+    return load_with_pyinfra(path, cwd)
+
+
+def load_with_pyinfra(path: str, cwd: str):
+    """A pyinfra Inventory from an inventory file, made by pyinfra's CLI loader."""
     from pyinfra.api import State
     from pyinfra.context import ctx_state
     from pyinfra_cli import util
     from pyinfra_cli.exceptions import CliError, UnexpectedExternalError
     from pyinfra_cli.inventory import make_inventory
 
-    if not Path(path).is_file():
-        raise ConfigError([Problem(path, "file", "no such inventory file")])
     # pyinfra caches compiled inventory and group_data code by file name for the
     # life of the process; a long-lived caller must see files as they are now.
     util.PYTHON_CODES.clear()
     state = State()  # inventory and group_data files run within a state, as in `pyinfra`
-    state.cwd = os.getcwd()
+    state.cwd = cwd
     try:
         with ctx_state.use(state):
             return make_inventory(path, cwd=state.cwd)
     except UnexpectedExternalError as e:
-        raise ConfigError([Problem(e.filename, "file", f"{type(e.exception).__name__}: {e.exception}")]) from None
+        raise inventory_files.file_error(e.exception, path, e.filename) from None
     except SyntaxError as e:
-        raise ConfigError([Problem(e.filename or path, "file", f"line {e.lineno}: {e.msg}")]) from None
+        raise inventory_files.file_error(e, path) from None
     except CliError as e:
         raise ConfigError([Problem(path, "file", str(e))]) from None
 
