@@ -8,6 +8,7 @@ removing another host never moves it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network
 from typing import Iterable, Optional
 
@@ -34,10 +35,15 @@ class Plan:
     new: tuple = field(default=())  # names of hosts given a subnet by this plan
 
     def lease_for(self, name: str) -> Lease:
-        return next(lease for lease in self.leases if lease.host == name)
+        return self._by_name[name][1]
 
     def host(self, name: str) -> HostSpec:
-        return next(h for h in self.hosts if h.name == name)
+        return self._by_name[name][0]
+
+    @cached_property
+    def _by_name(self) -> dict:
+        """name -> (HostSpec, Lease): looked up once per host by the table and the deploy."""
+        return {host.name: (host, lease) for host, lease in zip(self.hosts, self.leases)}
 
     def keyed(self, keys: dict) -> tuple:
         """The leases with each host's public key from `keys` ({host: base64}): the table every host gets."""
