@@ -73,3 +73,21 @@ def write_table(directory: str, count: int, keys: bool = False, taken: Iterable[
     leases = os.path.join(directory, "leases.json")
     write(leases, generate(count, network, keys=keys, taken=taken, first=first))
     return conf, leases
+
+
+def write_inventory(directory: str, count: int, groups: int = 2) -> str:
+    """An inventory folder in `directory` like the example one, `count` generated hosts cut into `groups` groups,
+    each with its ssh_hostname and static flannel_subnet, the network in group_data/all.py: the inventory's path."""
+    os.makedirs(os.path.join(directory, "inventory", "group_data"), exist_ok=True)
+    with open(os.path.join(directory, "inventory", "group_data", "all.py"), "w") as f:
+        f.write(f"flannel_net_conf = {net_conf()!r}\n")
+    leases = generate(count)
+    path = os.path.join(directory, "inventory", "fleet.py")
+    with open(path, "w") as f:
+        for g in range(groups):
+            f.write(f"group{g} = [\n")
+            for lease in leases[g::groups]:
+                data = {"ssh_hostname": lease["public_ip"], "flannel_subnet": lease["subnet"]}
+                f.write(f"    ({lease['host']!r}, {data!r}),\n")
+            f.write("]\n")
+    return path

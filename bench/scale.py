@@ -11,7 +11,10 @@ arrivals, next to the longest in the second before the reloads. The
 generated peers' addresses have no route in the namespaces, so their hellos
 fail at once instead of going out. Needs root and /dev/net/tun.
 
-    sudo .venv/bin/python -m bench scale [--sizes 1000,10000,60000] [--keys]
+And `flannelette validate` and `plan` of a generated inventory (--hosts, 5,000
+by default), wall and CPU time.
+
+    sudo .venv/bin/python -m bench scale [--sizes 1000,10000,60000] [--keys] [--hosts 5000]
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -65,6 +69,13 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """A process's user + system time so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def import_seconds() -> float:
     """The runtime's own imports: `import flannelette.host.daemon`, less an empty interpreter's start."""
     def timed(code: str) -> float:
@@ -75,6 +86,25 @@ def import_seconds() -> float:
             best = min(best, time.monotonic() - start)
         return best
     return timed("import flannelette.host.daemon") - timed("pass")
+
+
+def commands_seconds(count: int, commit: Optional[str] = None, runs: int = 3) -> Dict[str, tuple]:
+    """`flannelette validate` and `plan` of a generated inventory of `count` hosts: (wall, CPU) ranges of `runs`
+    runs each, CPU being the child's user + system time (the machine may be busy with others' work)."""
+    figures = {}
+    with tempfile.TemporaryDirectory(prefix="flannelette-inventory-") as workdir:
+        flannelette = (previous_release(workdir, commit) if commit else None) or [sys.executable, "-m", "flannelette"]
+        path = os.path.relpath(leasegen.write_inventory(workdir, count), workdir)
+        for command in ("validate", "plan"):
+            walls, cpus = [], []
+            for _ in range(runs):
+                before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
+                subprocess.run([*flannelette, command, path], cwd=workdir, check=True, stdout=subprocess.DEVNULL)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                walls.append(time.monotonic() - start)
+                cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+            figures[command] = (min(walls), max(walls), min(cpus), max(cpus))
+    return figures
 
 
 def longest_gap(stamps: List[float], start: float, end: float) -> float:
@@ -93,7 +123,7 @@ def measure(count: int, keys: bool, workdir: str, commit: Optional[str] = None) 
         leasegen.write(cluster.leases, table)
         started = time.monotonic()
         a.start(release=release)
-        figures = {"ready": time.monotonic() - started, "rss": rss_mb(a.proc.pid)}
+        figures = {"ready": time.monotonic() - started, "ready_cpu": cpu_seconds(a.proc.pid), "rss": rss_mb(a.proc.pid)}
         b.start(release=release)
         assert cluster.ping(a.ns, b.gateway), "no path between the two hosts"
         more = leasegen.generate(count - 1, keys=keys, taken=real)  # one lease added, then gone again
@@ -106,15 +136,16 @@ def measure(count: int, keys: bool, workdir: str, commit: Optional[str] = None) 
 
 def _reload_under_a_train(cluster: Cluster, a, b, tables: List[list], rounds: int = ROUNDS) -> Dict[str, float]:
     """Each round: a train, and both hosts reloading in it, to each of `tables` in turn."""
-    reloads, gaps, quiet_gaps = [], [], []
+    reloads, cpus, gaps, quiet_gaps = [], [], [], []
     for i in range(rounds):
         leasegen.write(cluster.leases, tables[i % len(tables)])
-        reload_a, gap, quiet = _one_round(cluster, a, b)
+        reload_a, cpu_a, gap, quiet = _one_round(cluster, a, b)
         reloads.append(reload_a)
+        cpus.append(cpu_a)
         gaps.append(gap)
         quiet_gaps.append(quiet)
-    return {"reload": statistics.median(reloads), "gap_reload": max(gaps), "gap_quiet": max(quiet_gaps),
-            "rounds": rounds}
+    return {"reload": statistics.median(reloads), "reload_cpu": statistics.median(cpus), "gap_reload": max(gaps),
+            "gap_quiet": max(quiet_gaps), "gaps": gaps, "rounds": rounds}
 
 
 def _one_round(cluster: Cluster, a, b) -> tuple:
@@ -125,25 +156,30 @@ def _one_round(cluster: Cluster, a, b) -> tuple:
                   str(TRAIN_INTERVAL))
     time.sleep(1.0)
     quiet = (time.monotonic() - 0.9, time.monotonic())
-    started = time.monotonic()
+    started, cpu = time.monotonic(), cpu_seconds(a.proc.pid)
     a.reload()
-    reload_a = time.monotonic() - started
+    reload_a, cpu_a = time.monotonic() - started, cpu_seconds(a.proc.pid) - cpu
     b.reload()
     reloads = (started, time.monotonic())
     out, _ = receiver.communicate(timeout=seconds + 30)
     stamps = json.loads(out.decode().splitlines()[-1])
-    return reload_a, longest_gap(stamps, *reloads), longest_gap(stamps, *quiet)
+    return reload_a, cpu_a, longest_gap(stamps, *reloads), longest_gap(stamps, *quiet)
 
 
-def render(results: Dict[int, Dict[str, float]], imports: float, keys: bool) -> str:
+def render(results: Dict[int, Dict[str, float]], imports: float, keys: bool, commands: Dict[str, tuple],
+           hosts: int) -> str:
     lines = [f"# {cpu_model()}", f"# the runtime's imports: {imports:.2f} s; leases {'with' if keys else 'without'} "
-             "public keys", "",
-             "| lease table | runtime ready after start | SIGHUP reload applied after | runtime RSS (after a reload) "
-             "| longest forwarding gap during reloads (in a quiet second) |",
+             "public keys; CPU is the runtime's user + system time", "",
+             "| lease table | runtime ready after start (CPU) | SIGHUP reload applied after (CPU) | runtime RSS "
+             "(after a reload) | longest forwarding gap during reloads (in a quiet second) |",
              "| --- | --- | --- | --- | --- |"]
     for count, f in results.items():
-        lines.append(f"| {count:,} leases | {f['ready']:.2f} s | {f['reload']:.2f} s | {f['rss']:.0f} MB "
-                     f"({f['rss_reloaded']:.0f} MB) | {f['gap_reload'] * 1000:.0f} ms ({f['gap_quiet'] * 1000:.0f} ms) |")
+        lines.append(f"| {count:,} leases | {f['ready']:.2f} s ({f['ready_cpu']:.2f} s) | {f['reload']:.2f} s "
+                     f"({f['reload_cpu']:.2f} s) | {f['rss']:.0f} MB ({f['rss_reloaded']:.0f} MB) "
+                     f"| {f['gap_reload'] * 1000:.0f} ms ({f['gap_quiet'] * 1000:.0f} ms) |")
+    for command, (wall_low, wall_high, cpu_low, cpu_high) in commands.items():
+        lines.append(f"\n`flannelette {command}` of {hosts:,} hosts: {wall_low:.2f}-{wall_high:.2f} s "
+                     f"(CPU {cpu_low:.2f}-{cpu_high:.2f} s)")
     return "\n".join(lines)
 
 
@@ -154,18 +190,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--keys", action="store_true", help="every lease with a public key, both hosts with keys")
     parser.add_argument("--commit", metavar="REV", help="measure the runtime as of this commit (e.g. main, for a "
                         "before and after) instead of this tree's")
+    parser.add_argument("--hosts", type=int, default=5000, help="hosts of the inventory `validate` and `plan` are "
+                        "timed on (0: not timed)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     if os.geteuid() != 0 or not os.path.exists("/dev/net/tun"):
         print("bench scale needs root and /dev/net/tun", file=sys.stderr)
         return 2
     imports = import_seconds() if not args.commit else float("nan")
+    commands = commands_seconds(args.hosts, args.commit) if args.hosts else {}
     results = {}
-    for count in (int(size) for size in args.sizes.split(",")):
+    for count in (int(size) for size in args.sizes.split(",") if size):
         with tempfile.TemporaryDirectory(prefix="flannelette-scale-") as workdir:
             results[count] = measure(count, args.keys, workdir, args.commit)
-    print(render(results, imports, args.keys))
+    print(render(results, imports, args.keys, commands, args.hosts))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"imports": imports, "sizes": results}, f, indent=2)
+            json.dump({"imports": imports, "sizes": results, "commands": commands}, f, indent=2)
     return 0
