@@ -231,6 +231,10 @@ def main(args) -> int:
         plan = inventory.plan_inventory(loaded, args.inventory)
     except ConfigError as e:
         return report(e)
+    # pyinfra's SSH client takes gevent's locks: its threads must be gevent's, as in
+    # the pyinfra CLI, whose import monkey-patches the interpreter.
+    import pyinfra_cli  # noqa: F401
+
     results = remote.run_everywhere(asked_hosts(loaded, plan), COMMAND, timeout=args.timeout)
     view = fleet_view(plan, results, args.recent)
     if args.json:
