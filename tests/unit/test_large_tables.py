@@ -138,3 +138,42 @@ def test_hellos_to_a_large_new_table_come_in_batches_and_all_go_out(big_conf):
         batches.append(len(exchanges.due(0.0)))
     assert batches[0] == exchange.BATCH and max(batches) == exchange.BATCH
     assert sum(batches) == 999  # every peer asked once now, the rest of each round a second later
+
+
+# -- a reload keeps what didn't change ------------------------------------------------
+
+
+def test_a_reload_keeps_the_unchanged_leases_and_finds_every_problem_as_a_fresh_read(big_conf):
+    table = leasegen.generate(1000, keys=True)
+    before = config.parse_leases({"leases": table}, big_conf)
+    changed = [dict(lease) for lease in table]
+    changed[5]["public_ip"] = "100.127.0.5"
+    changed[6]["wire"] = "flannel"
+    changed[7]["subnet"] = "10.200.7.0/24"  # another subnet for the same host: a new lease
+    del changed[8]
+    after = config.parse_leases({"leases": changed}, big_conf, previous=before)
+    assert after == config.parse_leases({"leases": changed}, big_conf)
+    kept = {id(lease) for lease in before}
+    assert [id(lease) in kept for lease in after[4:9]] == [True, False, False, False, True]
+    changed[9]["subnet"] = changed[10]["subnet"]  # a conflict among kept leases is still found
+    changed[11]["public_key"] = "not a key"
+    with pytest.raises(ConfigError) as fresh:
+        config.parse_leases({"leases": changed}, big_conf)
+    with pytest.raises(ConfigError) as reloaded:
+        config.parse_leases({"leases": changed}, big_conf, previous=before)
+    assert [str(p) for p in reloaded.value.problems] == [str(p) for p in fresh.value.problems]
+
+
+def test_a_table_made_from_another_keeps_its_peers_and_names_the_difference(big_conf):
+    leases = config.parse_leases({"leases": leasegen.generate(500)}, big_conf)
+    old = LeaseTable(leases[0], leases, big_conf.subnet_len, big_conf.port)
+    fresh = config.parse_leases({"leases": [lease.to_json() for lease in leases[:-3]] +
+                                 leasegen.generate(2, first=600)}, big_conf)  # new objects, as from a restart
+    for incoming in (leases[:-3] + fresh[-2:], fresh):
+        new = LeaseTable(leases[0], incoming, big_conf.subnet_len, big_conf.port, previous=old)
+        assert all(new.by_subnet[key] is peer for key, peer in old.by_subnet.items() if key in new.by_subnet)
+        by_identity = old.peers_by_identity(), new.peers_by_identity()
+        assert {p.identity for p in new.peers_not_in(old)} == by_identity[1].keys() - by_identity[0].keys()
+        assert {p.identity for p in old.peers_not_in(new)} == by_identity[0].keys() - by_identity[1].keys()
+        assert len(new.peers_not_in(old)) == 2 and len(old.peers_not_in(new)) == 3
+

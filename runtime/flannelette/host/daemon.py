@@ -323,7 +323,7 @@ class Runtime:
 
     def _reload(self) -> None:
         try:
-            leases = config.load_leases(self.args.leases, self.net_conf)
+            leases = config.load_leases(self.args.leases, self.net_conf, previous=self.leases)
             self._check_own(leases)
             self._swap(leases)
         except (ConfigError, StartError) as e:
@@ -348,15 +348,13 @@ class Runtime:
     def _swap(self, leases) -> None:
         old = self.datapath.table
         table = self._table(leases, previous=old)
-        before, after = old.peers_by_identity(), table.peers_by_identity()
         self.datapath.update_table(table)
         self.leases = leases
         self.reloads["ok"] += 1
-        for what, peers in (("added", [after[i] for i in after.keys() - before.keys()]),
-                            ("removed", [before[i] for i in before.keys() - after.keys()])):
+        for what, peers in (("added", table.peers_not_in(old)), ("removed", old.peers_not_in(table))):
             for peer in sorted(peers, key=lambda peer: (peer.host, peer.key)):
                 log.info("peer %s: %s %s via %s", what, peer.host, peer.subnet, peer.public_ip)
-        log.info("lease table %s loaded: %d peers", self.lease_hash, len(after))
+        log.info("lease table %s loaded: %d peers", self.lease_hash, len(table.by_subnet))
 
     def status(self) -> str:
         peers = self.lease_count - 1

@@ -119,8 +119,8 @@ def load_net_conf(path: str) -> NetConf:
     return parse_net_conf(read_json(path), where=path)
 
 
-def load_leases(path: str, net_conf: NetConf) -> list[Lease]:
-    return parse_leases(read_json(path), net_conf, where=path)
+def load_leases(path: str, net_conf: NetConf, previous: Iterable[Lease] = ()) -> list[Lease]:
+    return parse_leases(read_json(path), net_conf, where=path, previous=previous)
 
 
 def render_leases(leases: Iterable[Lease]) -> str:
@@ -297,16 +297,27 @@ class _NetConfChecks:
 # -- leases.json -----------------------------------------------------------------
 
 
-def parse_leases(data: Any, net_conf: NetConf, where: str = "leases.json") -> list[Lease]:
-    """Validate a lease table against the network it divides."""
+def parse_leases(data: Any, net_conf: NetConf, where: str = "leases.json", previous: Iterable[Lease] = ()) -> list[Lease]:
+    """Validate a lease table against the network it divides.
+
+    `previous`: leases parsed before against this same net-conf (the table a
+    reload replaces). An entry saying exactly what one of them says passed
+    every check of `_lease` then and would again: that Lease object is taken
+    as it is, which spares a reload building (and the runtime holding twice)
+    every unchanged lease. The schema and the conflicts are checked on the whole
+    table as always.
+    """
     if not isinstance(data, dict):
         raise ConfigError([Problem(where, "file", f"must be a JSON object, not {kind(data)}")])
     problems = schema_problems(data, "leases", where)
     if problems:
         raise ConfigError(problems)
+    known = {_known_key(lease): lease for lease in previous}
     leases: list[Lease] = []
     for i, entry in enumerate(data["leases"]):
-        lease = _lease(entry, f"leases[{i}]", where, net_conf, problems)
+        lease = known.get(_entry_key(entry)) if known else None
+        if lease is None:
+            lease = _lease(entry, f"leases[{i}]", where, net_conf, problems)
         if lease is not None:
             leases.append(lease)
     problems += lease_conflicts(leases, where)
@@ -343,6 +354,23 @@ def _lease(entry: dict, at: str, where: str, net_conf: NetConf, problems: list) 
     if len(problems) > before:
         return None
     return Lease(entry["host"], subnet, public_ip, wire, public_key)
+
+
+def _known_key(lease: Lease) -> tuple:
+    subnet = lease.subnet
+    return (lease.host, (int(subnet.network_address), subnet.prefixlen), (int(lease.public_ip), None), lease.wire,
+            lease.public_key)
+
+
+def _entry_key(entry: dict) -> Optional[tuple]:
+    """What _known_key gives for the Lease `entry` reads as, where its addresses are canonical text; else None."""
+    subnet, public_ip = _canonical(entry["subnet"]), _canonical(entry["public_ip"])
+    if subnet is None or public_ip is None or type(entry["host"]) is not str:
+        return None
+    wire, key = entry.get("wire", WIRE_FLANNELETTE), entry.get("public_key")
+    if type(wire) is not str or not (key is None or type(key) is str):
+        return None
+    return (entry["host"], subnet, public_ip, wire, key)
 
 
 def lease_conflicts(leases: list[Lease], where: str) -> list[Problem]:

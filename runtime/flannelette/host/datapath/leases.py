@@ -40,7 +40,7 @@ class Peer:
 
     __slots__ = ("host", "subnet", "public_ip", "address", "ip", "key", "counts", "marked_flannel",
                  "format", "exchange", "heard", "frames", "train", "public_key", "tunnel", "units", "loss",
-                 "unit_limit")
+                 "unit_limit", "lease")
 
     def __init__(self, host: str, subnet: IPv4Network, public_ip: IPv4Address, port: int, marked_flannel: bool = False,
                  public_key: Optional[bytes] = None):
@@ -60,6 +60,7 @@ class Peer:
         self.heard: Optional[float] = None
         self.frames = None  # reassembly of the previous release's frames (flannelette.host.datapath.frames)
         self.train = None  # the train from it not yet whole (flannelette.host.datapath.trains)
+        self.lease = None  # the Lease it was made from: the next table finds it by that object
 
     @property
     def identity(self) -> tuple:
@@ -74,7 +75,8 @@ class LeaseTable:
     All subnets of a network share SubnetLen, so an address shifted right by
     32 - SubnetLen is its subnet's key, however many leases there are. A peer
     whose lease is unchanged keeps its object (counters, exchange state)
-    across reloads.
+    across reloads: found by its Lease object where the reload kept that
+    (config.parse_leases' `previous`), by its identity otherwise.
     """
 
     def __init__(self, own, leases: Iterable, subnet_len: int, port: int, previous: Optional["LeaseTable"] = None,
@@ -82,19 +84,33 @@ class LeaseTable:
         self.shift = 32 - subnet_len
         self.own_key = int(own.subnet.network_address) >> self.shift
         self.force_flannel = force_flannel  # Backend.Wire flannel: the whole network on flannel's format
-        kept = previous.peers_by_identity() if previous else {}
+        # Peers hold their leases, so no id() here is reused while `previous` lives.
+        by_lease = {id(peer.lease): peer for peer in previous.by_subnet.values()} if previous else {}
+        kept: Optional[Dict[tuple, Peer]] = None
         self.by_subnet: Dict[int, Peer] = {}
         self.by_address: Dict[int, Peer] = {}
         for lease in leases:
-            if lease.public_ip == own.public_ip:
-                continue
-            peer = Peer(lease.host, lease.subnet, lease.public_ip, port, lease.wire == WIRE_FLANNEL, lease.key)
-            peer = kept.get(peer.identity, peer)
+            peer = by_lease.get(id(lease))
+            if peer is None:
+                if lease.public_ip == own.public_ip:
+                    continue
+                peer = Peer(lease.host, lease.subnet, lease.public_ip, port, lease.wire == WIRE_FLANNEL, lease.key)
+                peer.lease = lease
+                if previous is not None:
+                    kept = previous.peers_by_identity() if kept is None else kept
+                    peer = kept.get(peer.identity, peer)
+                    peer.lease = lease
             self.by_subnet[peer.key] = peer
             self.by_address[peer.ip] = peer
 
     def peers_by_identity(self) -> Dict[tuple, Peer]:
         return {peer.identity: peer for peer in self.by_subnet.values()}
+
+    def peers_not_in(self, other: "LeaseTable") -> list:
+        """This table's peers that `other` doesn't hold. A table made from another keeps the objects of the
+        peers it shares with it, so this is the difference of their identities, found without making them."""
+        held = set(map(id, other.by_subnet.values()))
+        return [peer for peer in self.by_subnet.values() if id(peer) not in held]
 
     def peers(self) -> list:
         return sorted(self.by_subnet.values(), key=lambda peer: peer.key)  # by subnet: they share a length

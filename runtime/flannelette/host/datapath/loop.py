@@ -108,10 +108,8 @@ class DataPath(Outbound, Inbound, Encrypted):
 
     def update_table(self, table: LeaseTable) -> None:
         """Swap in a new lease table; the loop picks it up at its next packet, new peers are asked at once."""
-        gone = set(self.table.peers_by_identity()) - set(table.peers_by_identity())
-        for peer in self.table.by_subnet.values():
-            if peer.identity in gone:
-                self.retired.add(peer.counts)
+        for peer in self.table.peers_not_in(table):
+            self.retired.add(peer.counts)
         self._attach_tunnels(table)
         self.exchanges.adopt(table, self.clock())
         self.table = table
