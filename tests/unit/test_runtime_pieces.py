@@ -156,3 +156,36 @@ def test_linkdown_routes_ignored_reads_the_kernel_setting(tmp_path):
     setting.write_text("0\n")
     assert not netlink.linkdown_routes_ignored(str(setting))
     assert not netlink.linkdown_routes_ignored(str(tmp_path / "missing"))
+
+
+def test_the_healthz_server_answers_gets_and_refuses_the_rest():
+    import urllib.error
+    import urllib.request
+
+    class Down:
+        ready, datapath = False, None
+
+    server = healthz.HealthServer(("127.0.0.1", 0), Down())
+    server.start()
+    try:
+        base = "http://127.0.0.1:%d" % server.server.server_address[1]
+
+        def get(path):
+            try:
+                with urllib.request.urlopen(base + path, timeout=5) as reply:
+                    return reply.status, reply.headers["Content-Type"], reply.read().decode()
+            except urllib.error.HTTPError as e:
+                return e.code, e.headers["Content-Type"], e.read().decode()
+
+        assert get("/healthz?x=1") == (200, healthz.CONTENT_TYPE_TEXT, "flannelette is running\n")
+        assert get("/readyz") == (503, healthz.CONTENT_TYPE_TEXT, "not ready\n")
+        assert get("/nope")[0] == 404
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(base + "/healthz", data=b"x", method="POST"), timeout=5)
+        assert refused.value.code == 501
+        for request in (b"nonsense\r\n\r\n", b"GET /healthz HTTP/1.0\r\n" + b"X: y\r\n" * 101 + b"\r\n"):
+            with socket.create_connection(server.server.server_address, timeout=5) as s:
+                s.sendall(request)
+                assert s.makefile("rb").readline().startswith(b"HTTP/1.0 400 ")
+    finally:
+        server.stop()
