@@ -177,3 +177,9 @@ def test_a_table_made_from_another_keeps_its_peers_and_names_the_difference(big_
         assert {p.identity for p in old.peers_not_in(new)} == by_identity[0].keys() - by_identity[1].keys()
         assert len(new.peers_not_in(old)) == 2 and len(old.peers_not_in(new)) == 3
 
+
+@pytest.mark.parametrize("name", ["leases", "net-conf", "host"])
+def test_the_schemas_read_by_libyaml_as_by_pyyaml(name):
+    import yaml
+
+    assert schemas.load(name) == yaml.safe_load(schemas.text(name))
