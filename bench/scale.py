@@ -9,7 +9,8 @@ and, while both hosts reload, a train of UDP datagrams (one a millisecond)
 from one host's cni0 address to the other's: the longest time between two
 arrivals, next to the longest in the second before the reloads. The
 generated peers' addresses have no route in the namespaces, so their hellos
-fail at once instead of going out. Needs root and /dev/net/tun.
+fail at once instead of going out. The runtime's bytecode is compiled
+first, as a deployed host keeps it. Needs root and /dev/net/tun.
 
 And `flannelette validate` and `plan` of a generated inventory (--hosts, 5,000
 by default), wall and CPU time.
@@ -33,7 +34,8 @@ from typing import Dict, List, Optional
 from bench import leasegen
 from bench.run import cpu_model
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "netns"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests", "netns"))
 from netns_hosts import Cluster, previous_release  # noqa: E402  (the netns tier's hosts)
 
 TRAIN_PORT = 5299
@@ -76,6 +78,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def compile_bytecode(release: Optional[list] = None) -> None:
+    """The runtime's bytecode, compiled once, as a deployed host keeps it (flannelette.service's cache): without
+    it (PYTHONDONTWRITEBYTECODE, a fresh tree) every start would compile the runtime's sources again."""
+    tree = next((arg.split("=", 1)[1] for arg in release or [] if arg.startswith("PYTHONPATH=")), None)
+    paths = [tree] if tree else [os.path.join(ROOT, "runtime"), os.path.join(ROOT, "schemas")]
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *paths], check=True, stdout=subprocess.DEVNULL)
+
+
 def import_seconds() -> float:
     """The runtime's own imports: `import flannelette.host.daemon`, less an empty interpreter's start."""
     def timed(code: str) -> float:
@@ -93,7 +103,9 @@ def commands_seconds(count: int, commit: Optional[str] = None, runs: int = 3) ->
     runs each, CPU being the child's user + system time (the machine may be busy with others' work)."""
     figures = {}
     with tempfile.TemporaryDirectory(prefix="flannelette-inventory-") as workdir:
-        flannelette = (previous_release(workdir, commit) if commit else None) or [sys.executable, "-m", "flannelette"]
+        release = previous_release(workdir, commit) if commit else None
+        compile_bytecode(release)
+        flannelette = release or [sys.executable, "-m", "flannelette"]
         path = os.path.relpath(leasegen.write_inventory(workdir, count), workdir)
         for command in ("validate", "plan"):
             walls, cpus = [], []
@@ -116,6 +128,7 @@ def longest_gap(stamps: List[float], start: float, end: float) -> float:
 def measure(count: int, keys: bool, workdir: str, commit: Optional[str] = None) -> Dict[str, float]:
     cluster = Cluster(f"fsc{os.getpid() % 1000}", workdir, underlay="veth")
     release = previous_release(workdir, commit) if commit else None
+    compile_bytecode(release)
     try:
         a, b = cluster.build(2, net_conf=leasegen.net_conf(), keys=keys)
         real = [a.lease(), b.lease()]
@@ -197,6 +210,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if os.geteuid() != 0 or not os.path.exists("/dev/net/tun"):
         print("bench scale needs root and /dev/net/tun", file=sys.stderr)
         return 2
+    compile_bytecode()
     imports = import_seconds() if not args.commit else float("nan")
     commands = commands_seconds(args.hosts, args.commit) if args.hosts else {}
     results = {}
