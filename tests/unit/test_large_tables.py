@@ -1,5 +1,6 @@
 """Large lease tables: the generated 10,000- and 60,000-lease tables load, and the fast paths agree with the slow ones."""
 
+import hashlib
 import json
 import random
 from ipaddress import IPv4Address, IPv4Network
@@ -56,6 +57,9 @@ def test_the_render_is_json_dumps_indented(big_conf):
     for table in ([], leases[:1], leases + [odd]):
         assert config.render_leases(table) == json.dumps({"leases": [lease.to_json() for lease in table]}, indent=2) + "\n"
     assert metrics.lease_hash(leases) == metrics.lease_hash(list(reversed(leases)))
+    for table in ([], leases[:1], leases + [odd]):  # the hash is of the text render_leases writes, sorted
+        text = config.render_leases(sorted(table, key=lambda lease: (lease.host, lease.subnet)))
+        assert metrics.lease_hash(table) == hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # -- the fast paths agree with the definitions ----------------------------------------

@@ -14,8 +14,10 @@ PREFIX = "flannelette"
 
 def lease_hash(leases: Iterable) -> str:
     """A short fingerprint of a lease table; equal tables hash equal whatever their order."""
-    text = config.render_leases(sorted(leases, key=lambda lease: (lease.host, lease.subnet)))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    digest = hashlib.sha256()
+    for piece in config.rendered_pieces(sorted(leases, key=lambda lease: (lease.host, lease.subnet))):
+        digest.update(piece.encode())
+    return digest.hexdigest()[:16]
 
 
 def escape(value: str) -> str:

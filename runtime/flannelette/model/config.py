@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 from flannelette import schemas
 from flannelette.model.problems import ConfigError, Problem, canonical_keys, kind, schema_problems
@@ -125,10 +125,20 @@ def load_leases(path: str, net_conf: NetConf, previous: Iterable[Lease] = ()) ->
 
 def render_leases(leases: Iterable[Lease]) -> str:
     """The table as json.dumps(..., indent=2) writes it, built here: its pure-Python indenting takes seconds at 60,000."""
-    records = [_render_record(lease.to_json()) for lease in leases]
-    if not records:
-        return '{\n  "leases": []\n}\n'
-    return '{\n  "leases": [\n' + ",\n".join(records) + "\n  ]\n}\n"
+    return "".join(rendered_pieces(leases))
+
+
+def rendered_pieces(leases: Iterable[Lease]) -> Iterator[str]:
+    """render_leases' text, a lease at a time: what hashes the table without holding its text."""
+    pieces = iter(leases)
+    first = next(pieces, None)
+    if first is None:
+        yield '{\n  "leases": []\n}\n'
+        return
+    yield '{\n  "leases": [\n' + _render_record(first.to_json())
+    for lease in pieces:
+        yield ",\n" + _render_record(lease.to_json())
+    yield "\n  ]\n}\n"
 
 
 def _render_record(document: dict) -> str:
