@@ -114,8 +114,17 @@ def test_nft_apply_and_remove_calls():
     r = rules.Rules(NET, SUB, True, True, runner=run)
     r.apply()
     r.remove()
-    assert [argv for argv, _ in run.calls] == [["nft", "-f", "-"], ["nft", "-f", "-"]]
-    assert run.calls[1][1] == rules.render_nft_removal()
+    assert [argv for argv, _ in run.calls] == [["nft", "list", "tables"], ["nft", "-f", "-"], ["nft", "-f", "-"]]
+    assert run.calls[2][1] == rules.render_nft_removal()
+
+
+def test_apply_says_whether_rules_of_ours_were_in_place_reading_them_once():
+    run = Recorder(SAVED)
+    assert rules.Rules(NET, SUB, True, False, runner=run).apply()
+    assert [argv for argv, _ in run.calls] == [["iptables-save"], ["iptables-restore", "--noflush"]]
+    assert not rules.Rules(NET, SUB, True, False, runner=Recorder("*nat\nCOMMIT\n")).apply()
+    assert rules.Rules(NET, SUB, True, True, runner=lambda argv, text=None: f"table ip {rules.NFT_TABLE}\n").apply()
+    assert not rules.Rules(NET, SUB, True, True, runner=lambda argv, text=None: "").apply()
 
 
 def test_present_reads_what_is_in_place():

@@ -290,9 +290,8 @@ class Runtime:
 
     def _rules(self) -> None:
         rules = Rules(self.net_conf.network, self.own.subnet, self.args.ip_masq, self.net_conf.enable_nftables)
-        if not rules.present():
+        if not rules.apply():  # one read of the rules for both (each iptables-save is a process)
             self._made("rules", rules.remove, kernel=True)
-        rules.apply()
 
     def _subnet_env(self) -> None:
         text = subnetenv.render(self.net_conf.network, self.own.subnet, self.mtu, self.args.ip_masq)

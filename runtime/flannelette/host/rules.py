@@ -155,13 +155,15 @@ class Rules:
         self.network, self.subnet, self.masquerade = network, subnet, masquerade
         self.nftables, self.run = nftables, runner
 
-    def apply(self) -> None:
+    def apply(self) -> bool:
+        """Put the rules in place; whether any of ours were there before (a runtime ran here before)."""
         if self.nftables:
+            before = self.present()
             self.run(["nft", "-f", "-"], render_nft(self.network, self.subnet, self.masquerade))
-            return
-        present = parse_iptables_save(self.run(["iptables-save"]))
-        text = render_iptables(self.network, self.subnet, self.masquerade, *present)
-        self.run(["iptables-restore", "--noflush"], text)
+            return before
+        jumps, chains = parse_iptables_save(self.run(["iptables-save"]))
+        self.run(["iptables-restore", "--noflush"], render_iptables(self.network, self.subnet, self.masquerade, jumps, chains))
+        return bool(jumps or chains)
 
     def present(self) -> bool:
         """Whether any of our rules are in place (a runtime ran here before)."""
