@@ -206,14 +206,14 @@ def network_psk() -> Optional[str]:
         text, where = read_psk_file(path), f"{host.name}: {PSK_FILE_KEY} {path!r}"
     if text and decode_key(text) is None:
         raise DeployError(f"{where} is not a WireGuard key (44 characters of base64, as `wg genpsk` prints)")
-    first = _PSK_OF_RUN.setdefault("key", (text, where))
+    first = _psks.setdefault(id(host.inventory), (text, where))  # the first host's, as the plan is once per run
     if first[0] != text:
         raise DeployError(f"{where} gives another preshared key than {first[1]}: the key is the network's, one for "
                           "every host")
     return text or None
 
 
-_PSK_OF_RUN: dict = {}  # the first host's key and where it came from, for the others to match
+_psks: dict = {}  # id(inventory) -> the first host's key and where it came from, for the others to match
 
 
 def read_psk_file(path: str) -> str:
