@@ -43,7 +43,8 @@ class Plan:
     @cached_property
     def _by_name(self) -> dict:
         """name -> (HostSpec, Lease): looked up once per host by the table and the deploy."""
-        return {host.name: (host, lease) for host, lease in zip(self.hosts, self.leases)}
+        leases = {lease.host: lease for lease in self.leases}
+        return {host.name: (host, leases.get(host.name)) for host in self.hosts}
 
     def keyed(self, keys: dict) -> tuple:
         """The leases with each host's public key from `keys` ({host: base64}): the table every host gets."""

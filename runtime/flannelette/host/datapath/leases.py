@@ -95,11 +95,10 @@ class LeaseTable:
                 if lease.public_ip == own.public_ip:
                     continue
                 peer = Peer(lease.host, lease.subnet, lease.public_ip, port, lease.wire == WIRE_FLANNEL, lease.key)
-                peer.lease = lease
                 if previous is not None:
                     kept = previous.peers_by_identity() if kept is None else kept
                     peer = kept.get(peer.identity, peer)
-                    peer.lease = lease
+                peer.lease = lease
             self.by_subnet[peer.key] = peer
             self.by_address[peer.ip] = peer
 
